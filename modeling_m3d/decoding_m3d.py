@@ -1,0 +1,179 @@
+"""Decoding of M³D outputs into the metric formats (DESIGN §4).
+
+Viterbi tags → entity spans, coreference pairs → chains (connected components), relation and grounding-slot
+selection: pure tensor functions, vectorised over the batch, then the conversion to per-document dicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def viterbi_decode(crf: nn.Module, emissions: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+    """Best BIO tag sequence per row under the CRF (Eq. 15) → (B, W) long; 0 (= O) outside words.
+
+    `word_mask` must be a prefix mask per row; rows without words are all O.
+    """
+    tags = torch.zeros(word_mask.shape, dtype=torch.long, device=emissions.device)
+    rows = word_mask[:, 0]
+    if rows.any():
+        paths = crf.decode(emissions[rows], mask=word_mask[rows])
+        flat = torch.cat([torch.as_tensor(path, dtype=torch.long) for path in paths]).to(emissions.device)
+        tags[rows] = tags[rows].masked_scatter(word_mask[rows], flat)
+    return tags
+
+
+def bio_tags_to_spans(tags: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+    """Strict IOB2 decoding: tag 0 = O, 1 + 2t = B-t, 2 + 2t = I-t.
+
+    A span starts at a B-t and extends over the following I-t; an I- that follows neither B- nor I- of its
+    type starts nothing (and neither do the I- that continue it). Returns (N, 4) long rows `[row, start, end,
+    type]` with `end` exclusive, ordered by row then start.
+    """
+    tags = torch.where(word_mask, tags, 0)
+    entity_type = torch.div(tags - 1, 2, rounding_mode="floor")
+    is_begin = (tags % 2 == 1) & word_mask
+    is_inside = (tags > 0) & (tags % 2 == 0) & word_mask
+    previous_type = F.pad(entity_type, (1, 0), value=-1)[:, :-1]
+    previous_tagged = F.pad(tags, (1, 0))[:, :-1] > 0
+    continues = is_inside & previous_tagged & (previous_type == entity_type)
+    width = tags.shape[1]
+    positions = torch.arange(width, device=tags.device).expand_as(tags)
+    breaks = torch.where(continues, width, positions)
+    following = F.pad(breaks[:, 1:], (0, 1), value=width)
+    next_break = following.flip(1).cummin(1).values.flip(1)
+    rows, starts = is_begin.nonzero(as_tuple=True)
+    return torch.stack([rows, starts, next_break[rows, starts], entity_type[rows, starts]], dim=1)
+
+
+def pad_spans(spans: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, ≥3) `[row, start, end, ...]` ordered by row → padded spans (B, E, 2) and mask (B, E), E ≥ 1."""
+    rows = spans[:, 0]
+    counts = torch.bincount(rows, minlength=batch_size)
+    rank = torch.arange(len(rows), device=spans.device) - (counts.cumsum(0) - counts)[rows]
+    width = max(int(counts.max()) if len(rows) else 0, 1)
+    padded = spans.new_zeros(batch_size, width, 2)
+    mask = torch.zeros(batch_size, width, dtype=torch.bool, device=spans.device)
+    padded[rows, rank] = spans[:, 1:3]
+    mask[rows, rank] = True
+    return padded, mask
+
+
+def coref_adjacency(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Positive mention pairs (B, E, E): the symmetric mean of p(i, j) and p(j, i) of "same chain" is >
+    0.5."""
+    probability = logits.softmax(-1)[..., 1]
+    symmetric = (probability + probability.transpose(1, 2)) / 2 > 0.5
+    eye = torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
+    return symmetric & mask[:, :, None] & mask[:, None, :] & ~eye
+
+
+def connected_components(adjacency: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Component index of each node (B, N), numbered 0, 1, … per row by first node; -1 where `mask` is False.
+
+    Boolean transitive closure by repeated squaring of the (symmetrised) reachability matrix.
+    """
+    nodes = mask.shape[1]
+    valid = mask[:, :, None] & mask[:, None, :]
+    eye = torch.eye(nodes, dtype=torch.bool, device=mask.device)
+    reach = ((adjacency | adjacency.transpose(1, 2)) & valid) | (eye & mask[:, :, None])
+    for _ in range(math.ceil(math.log2(max(nodes, 2)))):
+        reach = torch.bmm(reach.float(), reach.float()) > 0
+    root = reach.to(torch.uint8).argmax(-1)
+    is_root = (root == torch.arange(nodes, device=mask.device)) & mask
+    index = is_root.long().cumsum(1) - 1
+    return torch.where(mask, index.gather(1, root), -1)
+
+
+def decode_relations(logits: torch.Tensor, chain_mask: torch.Tensor) -> torch.Tensor:
+    """Chain pairs whose best class is a relation (it beats no-relation, class 0) → (N, 4) `[row, subject,
+    object, type]` with `type` indexing the relation types."""
+    best = logits.argmax(-1)
+    eye = torch.eye(chain_mask.shape[1], dtype=torch.bool, device=chain_mask.device)
+    keep = (best > 0) & chain_mask[:, :, None] & chain_mask[:, None, :] & ~eye
+    rows, subjects, objects = keep.nonzero(as_tuple=True)
+    return torch.stack([rows, subjects, objects, best[rows, subjects, objects] - 1], dim=1)
+
+
+def select_grounding_slots(
+    logits: torch.Tensor, boxes: torch.Tensor, frame_mask: torch.Tensor, threshold: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Slots whose best class is a type (not the last, "none", class) with probability ≥ `threshold`.
+
+    logits (B, F, S, G + 1), boxes (B, F, S, 4) → rows, frames, types, scores (N,) and boxes (N, 4).
+    """
+    probability = logits.softmax(-1)
+    score, best = probability.max(-1)
+    keep = (best < logits.shape[-1] - 1) & frame_mask[:, :, None] & (score >= threshold)
+    rows, frames, slots = keep.nonzero(as_tuple=True)
+    return rows, frames, best[keep], score[keep], boxes[rows, frames, slots]
+
+
+def _by_row(rows: Sequence[int], items: Sequence, batch_size: int) -> list[list]:
+    grouped = [[] for _ in range(batch_size)]
+    for row, item in zip(rows, items, strict=True):
+        grouped[row].append(item)
+    return grouped
+
+
+def entity_dicts(spans: torch.Tensor, batch_size: int, entity_types: Sequence[str]) -> list[list[dict]]:
+    """(N, 4) `[row, start, end, type]` → per row `[{"start", "end", "type"}]`."""
+    items = [{"start": s, "end": e, "type": entity_types[t]} for _, s, e, t in spans.tolist()]
+    return _by_row(spans[:, 0].tolist(), items, batch_size)
+
+
+def chain_mentions(spans: torch.Tensor, chain_ids: torch.Tensor) -> list[dict[int, list[list[int]]]]:
+    """Per row, chain index → its mentions `[[start, end], …]` (mentions with chain id -1 are left out)."""
+    rows, positions = (chain_ids >= 0).nonzero(as_tuple=True)
+    chains = [{} for _ in range(chain_ids.shape[0])]
+    for row, chain, span in zip(
+        rows.tolist(), chain_ids[rows, positions].tolist(), spans[rows, positions].tolist(), strict=True
+    ):
+        chains[row].setdefault(chain, []).append(span)
+    return chains
+
+
+def relation_dicts(
+    relations: torch.Tensor, mentions: list[dict[int, list[list[int]]]], relation_types: Sequence[str]
+) -> list[list[dict]]:
+    """(N, 4) `[row, subject, object, type]` → per row `[{"subject": mentions, "object": mentions,
+    "type"}]`."""
+    items = [
+        {"subject": mentions[row][s], "object": mentions[row][o], "type": relation_types[t]}
+        for row, s, o, t in relations.tolist()
+    ]
+    return _by_row(relations[:, 0].tolist(), items, len(mentions))
+
+
+def grounding_dicts(
+    selected: tuple[torch.Tensor, ...], batch_size: int, grounding_types: Sequence[str]
+) -> list[list[dict]]:
+    """Output of [`select_grounding_slots`] → per row `[{"frame", "type", "box", "score"}]`."""
+    rows, frames, types, scores, boxes = (x.tolist() for x in selected)
+    items = [
+        {"frame": f, "type": grounding_types[t], "box": b, "score": s}
+        for f, t, s, b in zip(frames, types, scores, boxes, strict=True)
+    ]
+    return _by_row(rows, items, batch_size)
+
+
+def remap_words(document: dict, word_to_token: Sequence[int]) -> dict:
+    """Maps a decoded document's word spans `[start, end)` to token spans through `word_to_token`."""
+    span = lambda s, e: [word_to_token[s], word_to_token[e - 1] + 1]  # noqa: E731
+    return {
+        "entities": [
+            {**x, "start": span(x["start"], x["end"])[0], "end": span(x["start"], x["end"])[1]}
+            for x in document["entities"]
+        ],
+        "chains": [[span(*m) for m in chain] for chain in document["chains"]],
+        "relations": [
+            {**r, "subject": [span(*m) for m in r["subject"]], "object": [span(*m) for m in r["object"]]}
+            for r in document["relations"]
+        ],
+        "groundings": document["groundings"],
+    }

@@ -1,0 +1,871 @@
+"""PyTorch M³D model: hierarchical text/frame encoding, DFFM, MMCM and the four task heads (paper Section
+V)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+from torchcrf import CRF
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.utils import ModelOutput
+
+from .configuration_m3d import M3DConfig
+from .decoding_m3d import (
+    bio_tags_to_spans,
+    chain_mentions,
+    connected_components,
+    coref_adjacency,
+    decode_relations,
+    entity_dicts,
+    grounding_dicts,
+    pad_spans,
+    relation_dicts,
+    remap_words,
+    select_grounding_slots,
+    viterbi_decode,
+)
+
+NUM_LEVELS = 3  # low, middle, high (Eq. 7)
+_MATCH_BLOCKED = 1e4  # Hungarian cost between a slot and a box of another frame
+
+
+@dataclass
+class M3DModelOutput(ModelOutput):
+    """
+    Output of [`M3DModel`]. Losses are present when the matching labels were given; `loss` is Eq. 24 plus
+    `vae_kl_weight` times the KL term.
+
+    Args:
+        loss, ner_loss, coref_loss, relation_loss, grounding_loss, grounding_type_loss, grounding_box_loss,
+        kl_loss:
+            scalars; `grounding_loss` is `grounding_type_loss + grounding_box_loss` (Eq. 22 + Eq. 23),
+            unweighted.
+        ner_logits (`(B, W, num_tags)`): CRF emissions (Eq. 15).
+        coref_logits (`(B, E, E, 2)`): entity-pair scores (Eq. 16), when `entity_spans` are given.
+        relation_logits (`(B, C, C, R + 1)`): chain-pair scores, class 0 = no relation (Eq. 17).
+        grounding_logits (`(B, F, S, G + 1)`): per-slot type scores, last class = none (Eq. 18).
+        grounding_boxes (`(B, F, S, 4)`): per-slot boxes (cx, cy, w, h), sigmoid-normalised (Eq. 18).
+        text_features (`(B, W, d_h)`): H^{g→x} per word (Eq. 11).
+        frame_features (`(B, F, d_h)`): H^{x→g} per frame (Eq. 12).
+    """
+
+    loss: torch.FloatTensor | None = None
+    ner_loss: torch.FloatTensor | None = None
+    coref_loss: torch.FloatTensor | None = None
+    relation_loss: torch.FloatTensor | None = None
+    grounding_loss: torch.FloatTensor | None = None
+    grounding_type_loss: torch.FloatTensor | None = None
+    grounding_box_loss: torch.FloatTensor | None = None
+    kl_loss: torch.FloatTensor | None = None
+    ner_logits: torch.FloatTensor | None = None
+    coref_logits: torch.FloatTensor | None = None
+    relation_logits: torch.FloatTensor | None = None
+    grounding_logits: torch.FloatTensor | None = None
+    grounding_boxes: torch.FloatTensor | None = None
+    text_features: torch.FloatTensor | None = None
+    frame_features: torch.FloatTensor | None = None
+
+
+def segment_mean(values: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Mean of `values` (B, N, D) per segment `index` (B, N) (-1 = none) → (B, num_segments, D), zeros if
+    empty."""
+    batch, length, dim = values.shape
+    offsets = torch.arange(batch, device=index.device)[:, None] * num_segments
+    flat = torch.where(index >= 0, index + offsets, batch * num_segments).reshape(-1)
+    sums = values.new_zeros(batch * num_segments + 1, dim).index_add_(0, flat, values.reshape(-1, dim))
+    counts = values.new_zeros(batch * num_segments + 1).index_add_(0, flat, values.new_ones(batch * length))
+    means = sums / counts.clamp(min=1)[:, None]
+    return means[:-1].view(batch, num_segments, dim)
+
+
+def span_mean(features: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """Mean of exactly the words `[start, end)` of each span (B, E, 2) over features (B, W, D) → (B, E, D).
+
+    Uses cumulative sums: (cs[end] − cs[start]) / (end − start); an empty span gives zeros.
+    """
+    batch, entities, _ = spans.shape
+    cumulative = F.pad(features.cumsum(dim=1), (0, 0, 1, 0))
+    bounds = spans.clamp(0, features.shape[1])
+    index = bounds.reshape(batch, 2 * entities, 1).expand(-1, -1, features.shape[-1])
+    start_sum, end_sum = cumulative.gather(1, index).view(batch, entities, 2, -1).unbind(2)
+    length = (bounds[..., 1] - bounds[..., 0]).clamp(min=1)[..., None].to(features.dtype)
+    return (end_sum - start_sum) / length
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask` holds (0 when nothing does)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def layer_thirds(num_layers: int) -> list[tuple[int, int]]:
+    """Layer ranges `[lo, hi)` over hidden states 1..n_l for the low, middle and high features (Eq. 7).
+
+    With fewer than three layers the thirds overlap: every range holds at least one layer.
+    """
+    return [(1 + (k * num_layers) // 3, 1 + math.ceil((k + 1) * num_layers / 3)) for k in range(NUM_LEVELS)]
+
+
+def _no_pooler_kwargs(config) -> dict:
+    """`add_pooling_layer=False` when the encoder class accepts it (the pooler is unused)."""
+    model_class = MODEL_MAPPING[type(config)] if type(config) in MODEL_MAPPING else None
+    accepts = (
+        model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+    )
+    return {"add_pooling_layer": False} if accepts else {}
+
+
+def _pretrained_encoder(name_or_path: str) -> PreTrainedModel:
+    """`AutoModel.from_pretrained` without the unused pooler where the class allows it."""
+    return AutoModel.from_pretrained(
+        name_or_path, **_no_pooler_kwargs(AutoConfig.from_pretrained(name_or_path))
+    )
+
+
+class M3DHierarchicalFeatures(nn.Module):
+    """Low, middle and high features as means over thirds of the encoder layers (Eq. 7).
+
+    Returns a stack `(4, ...)`: the encoder output H (Eq. 5/6) followed by H_l, H_m and H_h.
+    """
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        self.ranges = layer_thirds(num_layers)
+
+    def forward(
+        self, last_hidden_state: torch.Tensor, hidden_states: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
+        levels = [torch.stack(hidden_states[lo:hi]).mean(0) for lo, hi in self.ranges]
+        return torch.stack([last_hidden_state, *levels])
+
+
+class M3DVariationalBottleneck(nn.Module):
+    """VAE encoder d_h → d_vae (mean, log-variance, reparameterisation) and decoder d_vae → d_h (Eq. 8, 10).
+
+    Samples only in training with a positive KL weight; otherwise the mean is used (a deterministic
+    autoencoder).
+    """
+
+    def __init__(self, config: M3DConfig):
+        super().__init__()
+        hidden = config.text_config.hidden_size
+        self.statistics = nn.Linear(hidden, 2 * config.latent_dim)
+        self.decoder = nn.Linear(config.latent_dim, hidden)
+        self.sample = config.vae_kl_weight > 0
+
+    def encode(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the latent code and the KL divergence to N(0, I) per position."""
+        mean, log_var = self.statistics(features).chunk(2, dim=-1)
+        log_var = log_var.clamp(-10.0, 10.0)
+        latent = mean
+        if self.training and self.sample:
+            latent = mean + torch.randn_like(mean) * (0.5 * log_var).exp()
+        kl = -0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).sum(-1)
+        return latent, kl
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latent)
+
+
+class M3DFusionLevel(nn.Module):
+    """One level λ of the DFFM: W^K, W^V, the shared Encoder_λ for Q, K and V (Eq. 8), multi-head attention
+    with a residual (Eq. 9), an FFN with a residual and Decoder_λ (Eq. 10)."""
+
+    def __init__(self, config: M3DConfig):
+        super().__init__()
+        hidden, latent = config.text_config.hidden_size, config.latent_dim
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.vae = M3DVariationalBottleneck(config)
+        self.attention = nn.MultiheadAttention(
+            latent, config.fusion_heads, dropout=config.dropout, batch_first=True
+        )
+        self.ffn = nn.Sequential(
+            nn.Linear(latent, 4 * latent),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(4 * latent, latent),
+        )
+
+    def forward(
+        self, query: torch.Tensor, query_mask: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (B, Lq, d_h), keys (B, Lk, d_h), masks (True = real) → (B, Lq, d_h), mean KL of Q, K, V."""
+        q, kl_q = self.vae.encode(query)
+        k, kl_k = self.vae.encode(self.key(keys))
+        v, kl_v = self.vae.encode(self.value(keys))
+        attended = q + self.attention(q, k, v, key_padding_mask=~key_mask, need_weights=False)[0]
+        fused = self.vae(attended + self.ffn(attended))
+        kl = (masked_mean(kl_q, query_mask) + masked_mean(kl_k, key_mask) + masked_mean(kl_v, key_mask)) / 3
+        return fused, kl
+
+
+class M3DDirectedFusion(nn.Module):
+    """One direction of the DFFM: three levels then the weighted sum Σ_λ W_λ H_λ + W H (Eq. 11)."""
+
+    def __init__(self, config: M3DConfig):
+        super().__init__()
+        hidden = config.text_config.hidden_size
+        self.levels = nn.ModuleList(M3DFusionLevel(config) for _ in range(NUM_LEVELS))
+        self.mix = nn.Linear((NUM_LEVELS + 1) * hidden, hidden)
+
+    def forward(
+        self, query: torch.Tensor, query_mask: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (B, Lq, d_h); keys (3, B, Lk, d_h) one per level → (B, Lq, d_h), mean KL."""
+        fused, kls = zip(
+            *(level(query, query_mask, k, key_mask) for level, k in zip(self.levels, keys, strict=True)),
+            strict=True,
+        )
+        return self.mix(torch.cat([*fused, query], dim=-1)), torch.stack(kls).mean()
+
+
+class M3DDenoisedFusion(nn.Module):
+    """DFFM (Eq. 8–12): frames into text (g→x, Eq. 11) and text into frames (x→g, then the mean over patches
+    of Eq. 12; the frame position embedding is added by the model)."""
+
+    def __init__(self, config: M3DConfig):
+        super().__init__()
+        self.frames_into_text = M3DDirectedFusion(config)
+        self.text_into_frames = M3DDirectedFusion(config)
+
+    def forward(
+        self,
+        words: torch.Tensor,
+        word_mask: torch.Tensor,
+        patches: torch.Tensor,
+        frame_mask: torch.Tensor,
+        frame_keys: tuple[torch.Tensor, torch.Tensor],
+        text_keys: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """words (B, W, d_h); patches (B, F, P, d_h); keys are (levels (3, B, L, d_h), mask (B, L)).
+
+        Returns H^{g→x} (B, W, d_h), the patch-averaged H^{x→g} (B, F, d_h) and the mean KL term.
+        """
+        batch, frames, patch_count, hidden = patches.shape
+        text, kl_text = self.frames_into_text(words, word_mask, *frame_keys)
+        patch_mask = frame_mask[:, :, None].expand(-1, -1, patch_count).reshape(batch, -1)
+        fused, kl_frames = self.text_into_frames(patches.reshape(batch, -1, hidden), patch_mask, *text_keys)
+        return text, fused.view(batch, frames, patch_count, hidden).mean(2), (kl_text + kl_frames) / 2
+
+
+class M3DOneStreamFusion(nn.Module):
+    """Table III one-stream baseline: words and frame patches (last encoder layer) concatenated with a modality
+    embedding and passed through one Transformer self-attention layer."""
+
+    def __init__(self, config: M3DConfig):
+        super().__init__()
+        hidden = config.text_config.hidden_size
+        self.modality = nn.Embedding(2, hidden)
+        self.layer = nn.TransformerEncoderLayer(
+            hidden, config.text_config.num_attention_heads, 4 * hidden, config.dropout, batch_first=True
+        )
+
+    def forward(
+        self, words: torch.Tensor, word_mask: torch.Tensor, patches: torch.Tensor, frame_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """words (B, W, d_h), patches (B, F, P, d_h) → words (B, W, d_h), patch-averaged frames (B, F, d_h)."""
+        batch, frames, patch_count, hidden = patches.shape
+        patch_mask = frame_mask[:, :, None].expand(-1, -1, patch_count).reshape(batch, -1)
+        sequence = torch.cat(
+            [words + self.modality.weight[0], patches.reshape(batch, -1, hidden) + self.modality.weight[1]], 1
+        )
+        mask = torch.cat([word_mask, patch_mask], dim=1)
+        mask[:, 0] |= ~mask.any(1)  # a row with neither modality attends to one blank position
+        out = self.layer(sequence, src_key_padding_mask=~mask)
+        num_words = words.shape[1]
+        return out[:, :num_words], out[:, num_words:].view(batch, frames, patch_count, hidden).mean(2)
+
+
+class M3DTwoStreamFusion(nn.Module):
+    """Table III two-stream baseline (co-attention): words attend to the frame patches and patches to the words
+    (last encoder layer), each followed by an FFN, with residuals and LayerNorms. A missing modality gives blank
+    (zero) keys."""
+
+    def __init__(self, config: M3DConfig):
+        super().__init__()
+        hidden, heads = config.text_config.hidden_size, config.text_config.num_attention_heads
+        self.frames_into_text = nn.TransformerDecoderLayer(
+            hidden, heads, 4 * hidden, config.dropout, batch_first=True
+        )
+        self.text_into_frames = nn.TransformerDecoderLayer(
+            hidden, heads, 4 * hidden, config.dropout, batch_first=True
+        )
+
+    def forward(
+        self, words: torch.Tensor, word_mask: torch.Tensor, patches: torch.Tensor, frame_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """words (B, W, d_h), patches (B, F, P, d_h) → words (B, W, d_h), patch-averaged frames (B, F, d_h)."""
+        batch, frames, patch_count, hidden = patches.shape
+        flat = patches.reshape(batch, -1, hidden)
+        patch_mask = frame_mask[:, :, None].expand(-1, -1, patch_count).reshape(batch, -1)
+        blank = lambda mask: mask | ~mask.any(1, keepdim=True)  # noqa: E731
+        text = self.frames_into_text(
+            words, flat, tgt_key_padding_mask=~blank(word_mask), memory_key_padding_mask=~blank(patch_mask)
+        )
+        fused = self.text_into_frames(
+            flat, words, tgt_key_padding_mask=~blank(patch_mask), memory_key_padding_mask=~blank(word_mask)
+        )
+        return text, fused.view(batch, frames, patch_count, hidden).mean(2)
+
+
+class M3DMissingModalityConstruction(nn.Module):
+    """MMCM (Eq. 13–14): generates the level features of a missing modality from the present one.
+
+    Ĥ_λ = [P_λ; ReLU(Conv(H))] (Eq. 13), then H_λ = ReLU(Conv_λ(Ĥ_λ)) (Eq. 14), for λ in low, middle, high.
+    """
+
+    def __init__(self, config: M3DConfig):
+        super().__init__()
+        hidden, width = config.text_config.hidden_size, config.mmcm_kernel_size
+        self.prompts = nn.Parameter(torch.empty(NUM_LEVELS, config.prompt_length, hidden))
+        self.source = nn.Conv1d(hidden, hidden, width, padding=width // 2)
+        self.levels = nn.ModuleList(
+            nn.Conv1d(hidden, hidden, width, padding=width // 2) for _ in range(NUM_LEVELS)
+        )
+
+    def forward(self, source: torch.Tensor, source_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """source (B, L, d_h), mask (B, L) → generated levels (3, B, l_p + L, d_h) and mask (B, l_p + L)."""
+        batch = source.shape[0]
+        mask = source_mask[..., None].to(source.dtype)
+        convolved = F.relu(self.source((source * mask).transpose(1, 2))).transpose(1, 2) * mask
+        levels = [
+            F.relu(
+                conv(torch.cat([prompt.expand(batch, -1, -1), convolved], dim=1).transpose(1, 2))
+            ).transpose(1, 2)
+            for prompt, conv in zip(self.prompts, self.levels, strict=True)
+        ]
+        prompt_mask = source_mask.new_ones(batch, self.prompts.shape[1])
+        return torch.stack(levels), torch.cat([prompt_mask, source_mask], dim=1)
+
+
+_FUSIONS = {"dffm": M3DDenoisedFusion, "one_stream": M3DOneStreamFusion, "two_stream": M3DTwoStreamFusion}
+
+
+class M3DEntityHead(nn.Module):
+    """BIO tagging over words: a linear layer and a CRF (Eq. 15), trained with the CRF likelihood (Eq. 19)."""
+
+    def __init__(self, config: M3DConfig):
+        super().__init__()
+        self.emissions = nn.Linear(config.text_config.hidden_size, config.num_ner_tags)
+        self.crf = CRF(config.num_ner_tags, batch_first=True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.emissions(features)
+
+    def loss(self, emissions: torch.Tensor, word_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Token-mean negative log-likelihood over the rows that have text (the CRF needs a first word)."""
+        rows = word_mask[:, 0]
+        if not rows.any():
+            return emissions.sum() * 0
+        tags = labels[rows].clamp(min=0)
+        return -self.crf(emissions[rows], tags, mask=word_mask[rows], reduction="token_mean")
+
+    def decode(self, emissions: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        """Viterbi tags (B, W), 0 (= O) outside words."""
+        return viterbi_decode(self.crf, emissions, word_mask)
+
+
+class M3DPairClassifier(nn.Module):
+    """Biaffine scorer over all ordered pairs (Eq. 16–17), factored through a low-rank projection.
+
+    s = act(W_s h), o = act(W_o h); logits_k(i, j) = s_iᵀ U_k o_j + a_kᵀ s_i + b_kᵀ o_j + c_k, computed for
+    all pairs with one batched einsum.
+    """
+
+    def __init__(self, config: M3DConfig, num_classes: int):
+        super().__init__()
+        hidden, rank = config.text_config.hidden_size, config.bilinear_dim
+        self.subject = nn.Sequential(nn.Linear(hidden, rank), nn.GELU(), nn.Dropout(config.dropout))
+        self.object = nn.Sequential(nn.Linear(hidden, rank), nn.GELU(), nn.Dropout(config.dropout))
+        self.bilinear = nn.Parameter(torch.empty(num_classes, rank, rank))
+        self.subject_linear = nn.Linear(rank, num_classes)
+        self.object_linear = nn.Linear(rank, num_classes, bias=False)
+
+    def forward(self, representations: torch.Tensor) -> torch.Tensor:
+        """(B, N, d_h) → (B, N, N, classes), [subject, object]."""
+        subject, obj = self.subject(representations), self.object(representations)
+        projected = torch.einsum("bir,krq->bikq", subject, self.bilinear)
+        scores = torch.einsum("bikq,bjq->bijk", projected, obj)
+        return scores + self.subject_linear(subject)[:, :, None] + self.object_linear(obj)[:, None]
+
+
+class M3DGroundingHead(nn.Module):
+    """Per frame, `grounding_slots` slots each with type-or-none logits and a sigmoid box (Eq. 18), trained
+    after Hungarian matching of slots to boxes with cross-entropy (Eq. 22) and L1 (Eq. 23)."""
+
+    def __init__(self, config: M3DConfig):
+        super().__init__()
+        hidden = config.text_config.hidden_size
+        self.slots, self.num_types = config.grounding_slots, len(config.grounding_types)
+        self.none_weight = config.grounding_none_weight
+        self.hidden = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(config.dropout))
+        self.classifier = nn.Linear(hidden, self.slots * (self.num_types + 1))
+        self.box = nn.Linear(hidden, self.slots * 4)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, F, d_h) → logits (B, F, S, G + 1), boxes (B, F, S, 4)."""
+        hidden = self.hidden(frames)
+        logits = self.classifier(hidden).unflatten(-1, (self.slots, self.num_types + 1))
+        return logits, self.box(hidden).sigmoid().unflatten(-1, (self.slots, 4))
+
+    @torch.no_grad()
+    def match(
+        self,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        target_types: torch.Tensor,
+        target_boxes: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hungarian matching of all frames at once on a block-diagonal cost (class probability + L1 box).
+
+        Inputs are flattened over real frames: logits (N, S, G+1), boxes (N, S, 4), target_types (N, Gmax)
+        with -100 padding, target_boxes (N, Gmax, 4). Returns matched flat slot indices, target types and
+        target boxes.
+        """
+        frames, slots = logits.shape[:2]
+        target_frame, target_index = (target_types != -100).nonzero(as_tuple=True)
+        types, goal = target_types[target_frame, target_index], target_boxes[target_frame, target_index]
+        cost = -logits.flatten(0, 1).softmax(-1)[:, types] + torch.cdist(boxes.flatten(0, 1), goal, p=1)
+        slot_frame = torch.arange(frames, device=logits.device).repeat_interleave(slots)
+        same_frame = slot_frame[:, None] == target_frame[None]
+        cost = torch.where(same_frame, cost, _MATCH_BLOCKED)
+        rows, cols = linear_sum_assignment(cost.float().cpu().numpy())
+        rows, cols = torch.as_tensor(rows, device=logits.device), torch.as_tensor(cols, device=logits.device)
+        keep = same_frame[rows, cols]
+        return rows[keep], types[cols[keep]], goal[cols[keep]]
+
+    def loss(
+        self,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        frame_mask: torch.Tensor,
+        target_types: torch.Tensor,
+        target_boxes: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Type cross-entropy over all slots of real frames (Eq. 22) and L1 on matched boxes (Eq. 23)."""
+        if not frame_mask.any():
+            zero = logits.sum() * 0 + boxes.sum() * 0
+            return zero, zero
+        logits, boxes = logits[frame_mask], boxes[frame_mask]
+        target_types, target_boxes = target_types[frame_mask], target_boxes[frame_mask]
+        valid = (target_types == -100) | ((target_types >= 0) & (target_types < self.num_types))
+        if not valid.all():
+            raise ValueError(f"grounding_types: type index outside [0, {self.num_types}) or -100.")
+        slots, types, goal = self.match(logits, boxes, target_types, target_boxes)
+        flat_logits = logits.flatten(0, 1)
+        targets = torch.full_like(flat_logits[:, 0], self.num_types, dtype=torch.long).index_put(
+            (slots,), types
+        )
+        weight = flat_logits.new_ones(self.num_types + 1)
+        weight[-1] = self.none_weight
+        type_loss = F.cross_entropy(flat_logits, targets, weight=weight)
+        box_loss = (boxes.flatten(0, 1)[slots] - goal).abs().sum() / max(len(slots), 1)
+        return type_loss, box_loss
+
+
+class M3DPreTrainedModel(PreTrainedModel):
+    config_class = M3DConfig
+    base_model_prefix = "m3d"
+    main_input_name = "input_ids"
+    input_modalities = ("text", "image")
+    supports_gradient_checkpointing = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, M3DModel):
+            init.normal_(module.frame_positions, std=std)
+        elif isinstance(module, M3DMissingModalityConstruction):
+            init.normal_(module.prompts, std=std)
+        elif isinstance(module, M3DPairClassifier):
+            init.zeros_(module.bilinear)
+        elif isinstance(module, CRF):
+            for parameter in (module.start_transitions, module.end_transitions, module.transitions):
+                init.uniform_(parameter, -0.1, 0.1)
+
+
+class M3DModel(M3DPreTrainedModel):
+    """
+    M³D (Section V): a text encoder (Eq. 5) and a frame encoder (Eq. 6), hierarchical features (Eq. 7), the
+    DFFM (Eq. 8–12) with the MMCM for missing modalities (Eq. 13–14), and the NER, coreference, relation and
+    grounding heads (Eq. 15–18) trained with Eq. 19–24. `config.fusion` also selects the w/o-DFFM ablation
+    (`"none"`) and the Table III baselines (`"one_stream"`, `"two_stream"`).
+
+    Beyond the paper, the fused text and frame features get a LayerNorm before the heads, which keeps the
+    heads' inputs at unit scale whatever the encoder width (tiny test encoders included).
+    """
+
+    def __init__(
+        self,
+        config: M3DConfig,
+        text_model: PreTrainedModel | None = None,
+        vision_model: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        text_config, vision_config = config.text_config, config.vision_config
+        self.text_model = text_model or AutoModel.from_config(text_config, **_no_pooler_kwargs(text_config))
+        self.vision_model = vision_model or AutoModel.from_config(
+            vision_config, **_no_pooler_kwargs(vision_config)
+        )
+        hidden = text_config.hidden_size
+        self.text_levels = M3DHierarchicalFeatures(text_config.num_hidden_layers)
+        self.vision_levels = M3DHierarchicalFeatures(vision_config.num_hidden_layers)
+        vision_hidden = vision_config.hidden_size
+        self.vision_projection = (
+            nn.Linear(vision_hidden, hidden) if vision_hidden != hidden else nn.Identity()
+        )
+        self.fusion = _FUSIONS[config.fusion](config) if config.fusion != "none" else None
+        self.text_from_frames = M3DMissingModalityConstruction(config) if config.uses_mmcm else None
+        self.frames_from_text = M3DMissingModalityConstruction(config) if config.uses_mmcm else None
+        self.frame_positions = nn.Parameter(torch.empty(config.max_frames, hidden))
+        self.text_norm = nn.LayerNorm(hidden)
+        self.frame_norm = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(config.dropout)
+        self.entity_head = M3DEntityHead(config)
+        self.coref_head = M3DPairClassifier(config, 2)
+        self.relation_head = M3DPairClassifier(config, len(config.relation_types) + 1)
+        self.grounding_head = M3DGroundingHead(config)
+        self.post_init()
+
+    @classmethod
+    def from_encoders_pretrained(
+        cls, text: str | PreTrainedModel, vision: str | PreTrainedModel, **kwargs
+    ) -> M3DModel:
+        """Builds a model whose encoders start from pretrained checkpoints (Hub names or local folders).
+
+        `kwargs` go to [`M3DConfig`] (e.g. `relation_types`, `fusion`).
+        """
+        text_model = text if isinstance(text, PreTrainedModel) else _pretrained_encoder(text)
+        vision_model = vision if isinstance(vision, PreTrainedModel) else _pretrained_encoder(vision)
+        config = M3DConfig(text_config=text_model.config, vision_config=vision_model.config, **kwargs)
+        return cls(config, text_model=text_model, vision_model=vision_model)
+
+    # -- encoding --------------------------------------------------------------------------------------------
+
+    @property
+    def text_window(self) -> tuple[int, int] | None:
+        """(length, stride) of the windows for long documents, None when the encoder has no position limit."""
+        length = self.config.text_window_length
+        if length is None:
+            positions = getattr(self.config.text_config, "max_position_embeddings", None)
+            if positions is None:
+                return None
+            # RoBERTa-style embeddings (Longformer, XLM-R) number positions from padding_idx + 1.
+            padding_idx = getattr(getattr(self.text_model, "embeddings", None), "padding_idx", None)
+            length = positions - (padding_idx + 1 if padding_idx is not None else 0)
+        return length, self.config.text_window_stride or max(length // 2, 1)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pieces → (4, B, T, d_h): output and level features (Eq. 5, 7).
+
+        A document longer than the encoder's positions is cut into overlapping windows, all encoded in one
+        call; each piece's features are the mean over the windows that hold it.
+        """
+        batch, length = input_ids.shape
+        window, stride = self.text_window or (length, length)
+        count = 1 if length <= window else 1 + math.ceil((length - window) / stride)
+        window = min(window, length)
+        padded = window + (count - 1) * stride
+        pad_id = getattr(self.config.text_config, "pad_token_id", None) or 0
+        ids = (
+            F.pad(input_ids, (0, padded - length), value=pad_id).unfold(1, window, stride).reshape(-1, window)
+        )
+        mask = F.pad(attention_mask, (0, padded - length)).unfold(1, window, stride).reshape(-1, window)
+        keep = mask.bool().any(1)
+        keep[0] = True  # at least one window goes through the encoder
+        out = self.text_model(input_ids=ids[keep], attention_mask=mask[keep], output_hidden_states=True)
+        levels = self.text_levels(out.last_hidden_state, out.hidden_states)
+        offsets = (
+            torch.arange(batch, device=ids.device)[:, None] * padded
+            + torch.arange(count, device=ids.device)[None] * stride
+        )
+        positions = (offsets.reshape(-1, 1) + torch.arange(window, device=ids.device))[keep].reshape(-1)
+        weight = mask[keep].reshape(-1).to(levels.dtype)
+        hidden = levels.shape[-1]
+        summed = levels.new_zeros(NUM_LEVELS + 1, batch * padded, hidden).index_add_(
+            1, positions, levels.reshape(NUM_LEVELS + 1, -1, hidden) * weight[:, None]
+        )
+        counts = weight.new_zeros(batch * padded).index_add_(0, positions, weight).clamp(min=1)
+        return (summed / counts[:, None]).view(NUM_LEVELS + 1, batch, padded, hidden)[:, :, :length]
+
+    def encode_frames(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """Frames → (4, B, F, P, d_h): patch output and levels (Eq. 6, 7); all real frames in one call."""
+        batch, frames = frame_mask.shape
+        hidden = self.config.text_config.hidden_size
+        if not frame_mask.any():
+            return pixel_values.new_zeros(NUM_LEVELS + 1, batch, frames, 1, hidden)
+        out = self.vision_model(pixel_values=pixel_values[frame_mask], output_hidden_states=True)
+        levels = self.vision_projection(self.vision_levels(out.last_hidden_state, out.hidden_states))
+        patches = levels.new_zeros(NUM_LEVELS + 1, batch, frames, *levels.shape[2:])
+        patches[:, frame_mask] = levels
+        return patches
+
+    # -- fusion ----------------------------------------------------------------------------------------------
+
+    def _keys(
+        self,
+        levels: torch.Tensor,
+        mask: torch.Tensor,
+        present: torch.Tensor,
+        generator: M3DMissingModalityConstruction | None,
+        source: torch.Tensor,
+        source_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys for one DFFM direction: the real level features, and for rows where the modality is missing
+        the MMCM-generated ones (Eq. 13–14) or, without the MMCM, blank (zero) features."""
+        if present.all():
+            return levels, mask
+        if generator is None:
+            return levels * present[None, :, None, None], mask | ~present[:, None]
+        generated, generated_mask = generator(source, source_mask)
+        length = max(levels.shape[2], generated.shape[2])
+        levels, generated = (F.pad(x, (0, 0, 0, length - x.shape[2])) for x in (levels, generated))
+        mask, generated_mask = (
+            F.pad(m, (0, length - m.shape[1]), value=False) for m in (mask, generated_mask)
+        )
+        return (
+            torch.where(present[None, :, None, None], levels, generated),
+            torch.where(present[:, None], mask, generated_mask),
+        )
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        word_ids: torch.Tensor,
+        word_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        frame_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoders, hierarchical features and fusion → text (B, W, d_h), frame (B, F, d_h) features, KL."""
+        batch, num_words = word_mask.shape
+        if word_ids.max() >= num_words:
+            raise ValueError(f"word_ids: index {int(word_ids.max())} >= word_mask width {num_words}.")
+        if frame_mask.shape[1] > self.config.max_frames:
+            raise ValueError(
+                f"frame_mask: {frame_mask.shape[1]} frames > config.max_frames={self.config.max_frames}."
+            )
+        pieces = self.encode_text(input_ids, attention_mask)
+        levels, tokens, hidden = pieces.shape[0], pieces.shape[2], pieces.shape[3]
+        flat = pieces.permute(1, 2, 0, 3).reshape(batch, tokens, -1)
+        words = (
+            segment_mean(flat, word_ids, num_words).view(batch, num_words, levels, hidden).permute(2, 0, 1, 3)
+        )
+        patches = self.encode_frames(pixel_values, frame_mask)
+        positions = self.frame_positions[: frame_mask.shape[1]]
+        kl = words.new_zeros(())
+        if self.fusion is None:
+            text, frames = words[0], patches[0].mean(2)
+        elif isinstance(self.fusion, M3DDenoisedFusion):
+            text, frames, kl = self._fuse(words, word_mask, patches, frame_mask)
+        else:
+            text, frames = self.fusion(words[0], word_mask, patches[0], frame_mask)
+        return self.dropout(self.text_norm(text)), self.dropout(self.frame_norm(frames + positions)), kl
+
+    def _fuse(
+        self, words: torch.Tensor, word_mask: torch.Tensor, patches: torch.Tensor, frame_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """DFFM in both directions, with real, generated (MMCM) or blank keys per row."""
+        batch = word_mask.shape[0]
+        has_text, has_video = word_mask.any(1), frame_mask.any(1)
+        frames_flat = patches.flatten(2, 3)
+        patch_mask = frame_mask[:, :, None].expand(-1, -1, patches.shape[3]).reshape(batch, -1)
+        frame_keys = self._keys(
+            frames_flat[1:], patch_mask, has_video, self.frames_from_text, words[0], word_mask
+        )
+        text_keys = self._keys(
+            words[1:], word_mask, has_text, self.text_from_frames, frames_flat[0], patch_mask
+        )
+        return self.fusion(words[0], word_mask, patches[0], frame_mask, frame_keys, text_keys)
+
+    # -- heads -----------------------------------------------------------------------------------------------
+
+    def pair_logits(
+        self,
+        text: torch.Tensor,
+        entity_spans: torch.Tensor,
+        entity_chain: torch.Tensor | None,
+        num_chains: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Coreference logits over mention pairs (Eq. 16) and relation logits over chain pairs (Eq. 17).
+
+        A mention is the mean of its own words; a chain is the mean of its mentions.
+        """
+        if entity_spans.numel() and int(entity_spans.max()) > text.shape[1]:
+            raise ValueError(f"entity_spans: end {int(entity_spans.max())} beyond the {text.shape[1]} words.")
+        mentions = span_mean(text, entity_spans)
+        coref = self.coref_head(mentions)
+        if entity_chain is None:
+            return coref, None
+        return coref, self.relation_head(segment_mean(mentions, entity_chain, num_chains))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        word_ids: torch.Tensor,
+        word_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        frame_mask: torch.Tensor,
+        entity_spans: torch.Tensor | None = None,
+        entity_mask: torch.Tensor | None = None,
+        entity_chain: torch.Tensor | None = None,
+        chain_mask: torch.Tensor | None = None,
+        ner_labels: torch.Tensor | None = None,
+        coref_labels: torch.Tensor | None = None,
+        relation_labels: torch.Tensor | None = None,
+        grounding_boxes: torch.Tensor | None = None,
+        grounding_types: torch.Tensor | None = None,
+        **kwargs,
+    ) -> M3DModelOutput:
+        r"""
+        Inputs follow the processor's batch contract (see `M3DProcessor`): `word_ids` maps pieces to words (-1
+        = none), `entity_spans` are word spans `[start, end)`, `entity_chain` indexes chains (-1 = padding).
+        Labels are optional; each task's loss is computed when its labels are given.
+        """
+        word_mask, frame_mask = word_mask.bool(), frame_mask.bool()
+        text, frames, kl = self.encode(
+            input_ids, attention_mask, word_ids, word_mask, pixel_values, frame_mask
+        )
+        ner_logits = self.entity_head(text)
+        grounding_logits, boxes = self.grounding_head(frames)
+        coref_logits = relation_logits = None
+        if entity_spans is not None:
+            num_chains = chain_mask.shape[1] if chain_mask is not None else None
+            if entity_chain is not None and num_chains is None:
+                num_chains = max(int(entity_chain.max()) + 1, 1)
+            coref_logits, relation_logits = self.pair_logits(text, entity_spans, entity_chain, num_chains)
+        losses = {}
+        if ner_labels is not None:
+            losses["ner"] = self.entity_head.loss(ner_logits, word_mask, ner_labels)
+        if coref_labels is not None and coref_logits is not None:
+            losses["coref"] = self._pair_loss(coref_logits, coref_labels)
+        if relation_labels is not None and relation_logits is not None:
+            losses["relation"] = self._pair_loss(relation_logits, relation_labels)
+        if grounding_types is not None and grounding_boxes is not None:
+            losses["grounding_type"], losses["grounding_box"] = self.grounding_head.loss(
+                grounding_logits, boxes, frame_mask, grounding_types, grounding_boxes
+            )
+        loss = None
+        if losses:
+            weights = self.config.loss_weights
+            loss = (
+                sum(weights[name] * value for name, value in losses.items()) + self.config.vae_kl_weight * kl
+            )
+        grounding_loss = None
+        if "grounding_type" in losses:
+            grounding_loss = losses["grounding_type"] + losses["grounding_box"]
+        return M3DModelOutput(
+            loss=loss,
+            ner_loss=losses.get("ner"),
+            coref_loss=losses.get("coref"),
+            relation_loss=losses.get("relation"),
+            grounding_loss=grounding_loss,
+            grounding_type_loss=losses.get("grounding_type"),
+            grounding_box_loss=losses.get("grounding_box"),
+            kl_loss=kl,
+            ner_logits=ner_logits,
+            coref_logits=coref_logits,
+            relation_logits=relation_logits,
+            grounding_logits=grounding_logits,
+            grounding_boxes=boxes,
+            text_features=text,
+            frame_features=frames,
+        )
+
+    @torch.no_grad()
+    def predict(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        word_ids: torch.Tensor,
+        word_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        frame_mask: torch.Tensor,
+        entity_spans: torch.Tensor | None = None,
+        entity_mask: torch.Tensor | None = None,
+        entity_chain: torch.Tensor | None = None,
+        chain_mask: torch.Tensor | None = None,
+        protocol: str = "end_to_end",
+        id2word: Sequence[Sequence[int]] | None = None,
+        grounding_threshold: float = 0.0,
+        **labels,
+    ) -> list[dict]:
+        """Decodes a batch into one dict per row in the metric formats: `entities`, `chains`, `relations`,
+        `groundings`. Encoders and fusion run once; only the pair heads depend on the protocol.
+
+        - `"gold_pairs"` (the paper's): chains are the components of predicted coreference among the gold
+          `entity_spans`, relations are predicted between the gold chains (`entity_chain`).
+        - `"end_to_end"`: predicted entities → coreference among them (symmetric mean probability > 0.5) →
+          chains as connected components → relations between the predicted chains.
+
+        Entities come from the CRF in both. `id2word`, when given, maps each row's word index to the token
+        index the spans should use. Label tensors in the batch are ignored.
+        """
+        if protocol not in ("end_to_end", "gold_pairs"):
+            raise ValueError(
+                f"predict: unknown protocol {protocol!r}; expected 'end_to_end' or 'gold_pairs'."
+            )
+        word_mask, frame_mask = word_mask.bool(), frame_mask.bool()
+        batch = word_mask.shape[0]
+        text, frames, _ = self.encode(
+            input_ids, attention_mask, word_ids, word_mask, pixel_values, frame_mask
+        )
+        entities = bio_tags_to_spans(self.entity_head.decode(self.entity_head(text), word_mask), word_mask)
+        if protocol == "gold_pairs":
+            if entity_spans is None or entity_mask is None or entity_chain is None or chain_mask is None:
+                raise ValueError(
+                    "predict: protocol 'gold_pairs' needs entity_spans, entity_mask, entity_chain, chain_mask"
+                )
+            spans, span_mask = entity_spans, entity_mask.bool()
+        else:
+            spans, span_mask = pad_spans(entities, batch)
+        mentions = span_mean(text, spans)
+        components = connected_components(coref_adjacency(self.coref_head(mentions), span_mask), span_mask)
+        if protocol == "end_to_end":
+            entity_chain, chain_mask = components, self._chain_mask(components)
+        chains = self.relation_head(segment_mean(mentions, entity_chain, chain_mask.shape[1]))
+        relations = decode_relations(chains, chain_mask.bool())
+        documents = [
+            {"entities": ents, "chains": list(clusters.values()), "relations": rels, "groundings": grounds}
+            for ents, clusters, rels, grounds in zip(
+                entity_dicts(entities, batch, self.config.entity_types),
+                chain_mentions(spans, components),
+                relation_dicts(relations, chain_mentions(spans, entity_chain), self.config.relation_types),
+                grounding_dicts(
+                    select_grounding_slots(*self.grounding_head(frames), frame_mask, grounding_threshold),
+                    batch,
+                    self.config.grounding_types,
+                ),
+                strict=True,
+            )
+        ]
+        if id2word is not None:
+            documents = [
+                remap_words(document, mapping) for document, mapping in zip(documents, id2word, strict=True)
+            ]
+        return documents
+
+    @staticmethod
+    def _chain_mask(chain_ids: torch.Tensor) -> torch.Tensor:
+        """(B, C) mask of the chains that exist, C ≥ 1, from per-mention chain ids numbered from 0."""
+        count = chain_ids.max(1).values + 1
+        width = max(int(count.max()), 1)
+        return torch.arange(width, device=chain_ids.device) < count[:, None]
+
+    @staticmethod
+    def _pair_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the labelled pairs (Eq. 20–21); 0 when a batch has none."""
+        if not (labels != -100).any():
+            return logits.sum() * 0
+        return F.cross_entropy(logits.flatten(0, -2), labels.reshape(-1), ignore_index=-100)
