@@ -1,0 +1,177 @@
+"""examples/train.py end to end (embedded default at a reduced size), resume, two processes; the training helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modeling_m3d.training import (
+    MODALITY_MODES,
+    aggregate_seeds,
+    assign_modalities,
+    build_modality_manifest,
+    drop_modality,
+    load_manifest,
+    model_card,
+    save_manifest,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "examples" / "train.py"
+# 8 training documents, global batches of 2: 4 optimizer steps per epoch, 8 in all; checkpoints 3 and 6 are mid-epoch.
+SMALL = ["--synthetic_docs", "8", "--num_train_epochs", "2", "--per_device_train_batch_size", "1",
+         "--gradient_accumulation_steps", "2", "--per_device_eval_batch_size", "2", "--checkpointing_steps", "3"]  # fmt: skip
+# Dropout and VAE sampling off: one and two processes draw different masks otherwise.
+NO_NOISE = {"dropout": 0.0, "vae_kl_weight": 0.0,
+            "text_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+            "vision_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}  # fmt: skip
+TASK_KEYS = [f"test_{task}_{name}" for task in ("ner", "coref", "re", "grounding") for name in ("precision", "recall", "f1")]
+
+
+def run(command: list[str], cache: Path, timeout: int = 240, **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           **env_vars}  # fmt: skip
+    # A session of its own: on a timeout the launcher's worker processes are killed with it.
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    assert process.returncode == 0, stdout[-3000:] + stderr[-6000:]
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "model.safetensors")
+
+
+def assert_same_weights(first: dict, second: dict, atol: float) -> None:
+    assert first.keys() == second.keys()
+    worst = max((first[key].float() - second[key].float()).abs().max().item() for key in first)
+    assert worst <= atol, f"largest weight difference {worst}"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("train")
+    output = root / "out"
+    result = run([sys.executable, str(TRAIN), "--output_dir", str(output), *SMALL], root / "cache")
+    return output, root, result
+
+
+def test_embedded_default_writes_model_results_card_and_manifest(trained):
+    from huggingface_hub import ModelCard
+    from transformers import AutoModel, AutoProcessor
+
+    import modeling_m3d  # noqa: F401  (registers the Auto classes)
+
+    output, _, result = trained
+    for name in ("model.safetensors", "config.json", "processor_config.json", "tokenizer.json", "README.md"):
+        assert (output / name).is_file(), name
+    results = json.loads((output / "all_results.json").read_text())
+    for key in [*TASK_KEYS, "test_average_f1"]:
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["test_average_f1"] == pytest.approx(sum(results[f"test_{t}_f1"] for t in ("ner", "coref", "re", "grounding")) / 4)
+    assert "Average" in result.stdout and "longer than" in result.stderr
+    card = ModelCard.load(output / "README.md")
+    metrics = {(r.metric_name, r.dataset_split) for r in card.data.eval_results}
+    assert ("Average f1", "test") in metrics and len(metrics) == 13
+    manifest = json.loads((output / "modality_manifest.json").read_text())
+    assert set(manifest) == {"train", "validation", "test"}
+    assert sorted(manifest["train"].values()) == ["full"] * 2 + ["text_missing"] * 3 + ["video_missing"] * 3
+    model = AutoModel.from_pretrained(output)
+    processor = AutoProcessor.from_pretrained(output)
+    assert type(model).__name__ == "M3DModel" and type(processor).__name__ == "M3DProcessor"
+
+
+def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(trained):
+    """With dropout and VAE sampling on: the checkpoint restores the RNGs and nothing else draws from them."""
+    output, root, _ = trained
+    final = weights(output / "checkpoint-8")
+    resumed = root / "resumed"
+    shutil.copytree(output, resumed, ignore=shutil.ignore_patterns("checkpoint-8"))
+    state = json.loads((resumed / "checkpoint-6" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 4, 6)  # 4 of 8 batches in epoch 1
+    run([sys.executable, str(TRAIN), "--output_dir", str(resumed), *SMALL,
+         "--resume_from_checkpoint", str(resumed / "checkpoint-6")], root / "cache")  # fmt: skip
+    assert_same_weights(final, weights(resumed / "checkpoint-8"), atol=0.0)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    """Two gloo processes with batches of 1 against one process accumulating two batches of 1. (The per-task
+    losses are means over a batch's words / pairs / frames, so a batch of 2 rows is not the mean of two batches.)"""
+    common = [*SMALL, "--num_train_epochs", "1", "--config_overrides", json.dumps(NO_NOISE)]
+    run([sys.executable, str(TRAIN), "--output_dir", str(tmp_path / "single"), *common], tmp_path / "cache")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
+    run([*launch, str(TRAIN), "--output_dir", str(tmp_path / "parallel"), *common, "--gradient_accumulation_steps", "1"],
+        tmp_path / "cache", timeout=300, ACCELERATE_USE_CPU="1")  # MULTI_CPU with gloo (HF-NOTES §4)  # fmt: skip
+    assert_same_weights(weights(tmp_path / "single" / "checkpoint-4"), weights(tmp_path / "parallel" / "checkpoint-4"),
+                        atol=1e-6)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def test_modality_assignment_is_deterministic_nested_and_in_thirds():
+    ids = [f"video_{i}_1" for i in range(30)]
+    modes = assign_modalities(ids, 2 / 3, seed=0)
+    assert modes == assign_modalities(list(reversed(ids)), 2 / 3, seed=0)
+    assert modes != assign_modalities(ids, 2 / 3, seed=1)
+    assert sorted(modes.values()) == ["full"] * 10 + ["text_missing"] * 10 + ["video_missing"] * 10
+    assert set(assign_modalities(ids, 0.0, 0).values()) == {"full"}
+    assert sorted(assign_modalities(ids, 1.0, 0).values()) == ["text_missing"] * 15 + ["video_missing"] * 15
+    smaller, larger = assign_modalities(ids, 0.4, 0), assign_modalities(ids, 0.8, 0)
+    assert all(larger[i] == mode for i, mode in smaller.items() if mode != "full")
+    with pytest.raises(ValueError, match="unique"):
+        assign_modalities(["a", "a"], 0.5, 0)
+
+
+def test_manifest_round_trip_and_errors(tmp_path):
+    split_ids = {"train": ["a", "b", "c"], "test": ["d", "e", "f"]}
+    manifest = build_modality_manifest(split_ids, 2 / 3, seed=3)
+    path = tmp_path / "manifest.json"
+    save_manifest(manifest, path)
+    assert load_manifest(path, split_ids) == manifest
+    with pytest.raises(ValueError, match=r"manifest.json.*split 'test'.*document 'g'.*'mode'"):
+        load_manifest(path, {"test": ["d", "g"]})
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        load_manifest(path, {"validation": ["a"]})
+
+
+def test_drop_modality_removes_the_modality_and_its_annotations():
+    row = {"id": "v", "tokens": ["Ann"], "subtitles": [{"text": "Ann"}], "entities": [{"start": 0}],
+           "chains": [{"id": "L0"}], "relations": [], "frames": ["img"], "groundings": [{"frame": 0}]}  # fmt: skip
+    text_missing = drop_modality(row, "text_missing")
+    assert text_missing["tokens"] == text_missing["entities"] == text_missing["chains"] == []
+    assert text_missing["frames"] == ["img"] and row["tokens"] == ["Ann"]
+    video_missing = drop_modality(row, "video_missing")
+    assert video_missing["frames"] == video_missing["groundings"] == [] and video_missing["tokens"] == ["Ann"]
+    assert drop_modality(row, "full") == row
+    with pytest.raises(ValueError, match="document 'v'"):
+        drop_modality(row, "audio_missing")
+    assert MODALITY_MODES == ("full", "text_missing", "video_missing")
+
+
+def test_seed_aggregation_and_model_card():
+    from huggingface_hub import ModelCard
+
+    aggregate = aggregate_seeds([{"test_ner_f1": 0.5}, {"test_ner_f1": 0.7}])
+    assert aggregate["test_ner_f1"]["mean"] == pytest.approx(0.6)
+    assert aggregate["test_ner_f1"]["variance"] == pytest.approx(0.01)
+    flat = {f"test_{t}_{n}": 0.5 for t in ("ner", "coref", "re", "grounding") for n in ("precision", "recall", "f1")}
+    card = model_card({**flat, "test_average_f1": 0.5}, model_name="m3d-tiny", dataset_name="M3D", lang="en",
+                      split="test", protocol="gold_pairs", missing_modality_ratio=2 / 3)  # fmt: skip
+    parsed = ModelCard(str(card)).data.eval_results
+    assert len(parsed) == 13 and {r.dataset_split for r in parsed} == {"test"}
