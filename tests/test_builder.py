@@ -189,6 +189,24 @@ def test_frames_from_a_separate_image_dir(release, tmp_path):
     assert len(row["frames"]) == 3 and len(row["groundings"]) == 3
 
 
+def test_a_release_rewritten_in_the_same_folder_is_built_afresh(release, tmp_path):
+    cache = tmp_path / "cache"
+    first = m3d.M3D(config_name="en", data_dir=str(release), cache_dir=str(cache))
+    assert len(build(release, cache)["train"]) == 2
+    # unchanged inputs: the same cache folder
+    assert m3d.M3D(config_name="en", data_dir=str(release), cache_dir=str(cache)).cache_dir == first.cache_dir
+    # new annotations and new frames (the old frame files are gone), written in place
+    shutil.rmtree(release / "img")
+    write_release(release, "en", "train", [{**en_record("video_7_1"), "video_title": "Ann again"}])
+    write_frame(release, "video_7_1", "5.png", (7, 7, 7), ["ORG 0.4 0.4 0.2 0.2"])
+    train = build(release, cache)["train"]
+    assert train["video_id"] == ["video_7_1"] and train["video_title"] == ["Ann again"]
+    assert [frame.getpixel((0, 0)) for frame in train[0]["frames"]] == [(7, 7, 7)]
+    # a label file edited in place (same frame, same size): its new box is read
+    (release / "img" / "video_7_1" / "5.txt").write_text("PER 0.4 0.4 0.2 0.2\n")
+    assert build(release, cache)["train"][0]["groundings"][0]["type"] == 0
+
+
 def test_zh_tokens_are_characters_and_nested_mentions_are_kept():
     record = {
         "doc": "北京大学在北京。",

@@ -17,11 +17,13 @@ The record parsing and validation live in :mod:`m3d_release`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 from datasets.exceptions import DatasetGenerationError
+from datasets.fingerprint import Hasher
 from m3d_release import (
     CITATION,
     DESCRIPTION,
@@ -33,7 +35,14 @@ from m3d_release import (
     release_sources,
 )
 
-__all__ = ["FEATURES", "M3D", "M3DBuilderConfig", "M3DFormatError", "record_to_example"]
+__all__ = [
+    "FEATURES",
+    "M3D",
+    "M3DBuilderConfig",
+    "M3DFormatError",
+    "record_to_example",
+    "release_fingerprint",
+]
 
 logger = datasets.logging.get_logger(__name__)
 
@@ -104,21 +113,65 @@ class M3D(datasets.GeneratorBasedBuilder):
                 raise cause from cause.__cause__
             raise
 
+    def _create_builder_config(self, config_name=None, custom_features=None, config_id=None, **config_kwargs):
+        """As the base class, but the config id (which names the cache folder) ends with the
+        :func:`release_fingerprint` of the local inputs, unless ``config_id`` is given.
+
+        The base class derives the id from the config's arguments, i.e. the folder paths only, so a release
+        rewritten in the same folder would be served from the stale cache; `datasets` fingerprints its own
+        data files by modification time in the same way.
+        """
+        config, default_id = super()._create_builder_config(
+            config_name, custom_features, config_id, **config_kwargs
+        )
+        return config, config_id or f"{default_id}-{release_fingerprint(config)}"
+
     def _image_dir(self) -> str | None:
         """The frame folder: ``image_dir`` if set, else ``<data_dir>/img`` if present, else none."""
-        if self.config.image_dir is not None:
-            if not Path(self.config.image_dir).is_dir():
-                raise FileNotFoundError(
-                    f"M3D {self.config.name}: image_dir {self.config.image_dir} is not a folder"
-                )
-            return str(Path(self.config.image_dir).resolve())
-        if self.config.data_dir is not None and (Path(self.config.data_dir) / "img").is_dir():
-            return str((Path(self.config.data_dir) / "img").resolve())
-        logger.warning(
-            f"M3D {self.config.name}: no image folder, frames and groundings are left empty "
-            "(the image archive is a manual download, see the dataset card)"
-        )
+        if self.config.image_dir is not None and not Path(self.config.image_dir).is_dir():
+            raise FileNotFoundError(
+                f"M3D {self.config.name}: image_dir {self.config.image_dir} is not a folder"
+            )
+        image_dir = _image_folder(self.config)
+        if image_dir is None:
+            logger.warning(
+                f"M3D {self.config.name}: no image folder, frames and groundings are left empty "
+                "(the image archive is a manual download, see the dataset card)"
+            )
+        return image_dir
+
+
+def release_fingerprint(config: M3DBuilderConfig) -> str:
+    """A hash of the path, size and modification time of each local input of ``config``.
+
+    The inputs are the annotation files under ``data_dir`` (none when they are downloaded) and every file
+    under the frame folder: one ``stat`` per file, no file is read.
+    """
+    paths = list(release_sources(config.lang, config.data_dir).values()) if config.data_dir else []
+    image_dir = _image_folder(config)
+    if image_dir is not None:
+        for folder, subfolders, names in os.walk(image_dir):
+            subfolders.sort()
+            paths.extend(os.path.join(folder, name) for name in sorted(names))
+    stats = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            continue
+        stats.append((path, stat.st_size, stat.st_mtime_ns))
+    return Hasher.hash(stats)
+
+
+def _image_folder(config: M3DBuilderConfig) -> str | None:
+    """The resolved ``image_dir`` if it is a folder, else ``<data_dir>/img`` if it is one, else None."""
+    if config.image_dir is not None:
+        candidate = Path(config.image_dir)
+    elif config.data_dir is not None:
+        candidate = Path(config.data_dir) / "img"
+    else:
         return None
+    return str(candidate.resolve()) if candidate.is_dir() else None
 
 
 def _is_absent(error: FileNotFoundError) -> bool:
