@@ -51,6 +51,13 @@ _ERRORS = {
     "grounding": ("boundary", "type"),
 }
 _COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+# The paper's BibTeX entry: the first citation of every metric module (see `metric_info`).
+M3D_CITATION = """\
+@misc{liu-m3d,
+  title = {M$^3$D: A Multimodal, Multilingual and Multitask Dataset for Grounded Document-level Information Extraction},
+  author = {Liu, Jiang and Li, Bobo and Yang, Xinran and Yang, Na and Fei, Hao and Zhang, Mingyao and Li, Fei and Ji, Donghong},
+}
+"""
 
 Mention = tuple[int, int]
 
@@ -728,7 +735,7 @@ _VALIDATORS = {
     "re": validate_relations,
     "grounding": validate_groundings,
 }
-_MODULE_TASKS = {"m3d_ner": "ner", "m3d_coref": "coref", "m3d_re": "re", "m3d_grounding": "grounding"}
+_MODULE_TASKS = {f"m3d_{task}": task for task in _DOCUMENT_KEYS}  # metric module name -> task
 
 
 def _scored(boxes: Sequence) -> list:
@@ -808,3 +815,17 @@ def metric_features(name: str):
     else:
         value = per_task[_MODULE_TASKS[name]]
     return datasets.Features({"predictions": value, "references": value})
+
+
+def metric_info(name: str, description: str, inputs_description: str, citation: str = "", **kwargs):
+    """The `evaluate.MetricInfo` of the metric module `name`: its `metric_features`, and `citation` after the
+    paper's (`M3D_CITATION`). Further `kwargs` go to `MetricInfo` (e.g. `reference_urls`)."""
+    import evaluate
+
+    return evaluate.MetricInfo(
+        description=description,
+        citation=M3D_CITATION + citation,
+        inputs_description=inputs_description,
+        features=metric_features(name),
+        **kwargs,
+    )

@@ -1,5 +1,6 @@
 """The `evaluate` modules under metrics/: loading by path, batching, errors, and gold-vs-gold on real data."""
 
+import doctest
 import json
 import random
 from pathlib import Path
@@ -79,6 +80,22 @@ def test_module_equals_scoring_and_add_batch_equals_compute(metrics, documents, 
     for prediction, reference in zip(pred, gold, strict=True):
         metric.add(prediction=prediction, reference=reference)
     assert metric.compute() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_documented_examples_hold(metrics, name):
+    """The Examples of each module's inputs description (what `help` and the Hub show) give what they say."""
+    metric = metrics[name]
+    assert metric.citation.startswith(scoring.M3D_CITATION)
+    test = doctest.DocTestParser().get_doctest(
+        metric.inputs_description, {"evaluate": evaluate}, name, None, 0
+    )
+    assert len(test.examples) >= 4
+    runner = doctest.DocTestRunner()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
 
 
 def test_compute_kwargs_reach_the_scorer(metrics):

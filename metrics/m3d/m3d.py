@@ -2,14 +2,7 @@
 
 import evaluate
 
-from modeling_m3d.scoring import CheckedInputsMixin, m3d_scores, metric_features
-
-_CITATION = """\
-@misc{liu-m3d,
-  title = {M$^3$D: A Multimodal, Multilingual and Multitask Dataset for Grounded Document-level Information Extraction},
-  author = {Liu, Jiang and Li, Bobo and Yang, Xinran and Yang, Na and Fei, Hao and Zhang, Mingyao and Li, Fei and Ji, Donghong},
-}
-"""
+from modeling_m3d.scoring import CheckedInputsMixin, m3d_scores, metric_info
 
 _DESCRIPTION = """\
 All four M³D tasks at once, on documents {"entities", "chains", "relations", "groundings"}: the scores of the
@@ -44,12 +37,7 @@ class M3D(CheckedInputsMixin, evaluate.Metric):
     module_name = "m3d"
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=metric_features(self.module_name),
-        )
+        return metric_info(self.module_name, _DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, symmetric_types=None):
         return m3d_scores(predictions, references, symmetric_types)

@@ -2,13 +2,9 @@
 
 import evaluate
 
-from modeling_m3d.scoring import CheckedInputsMixin, coref_scores, metric_features
+from modeling_m3d.scoring import CheckedInputsMixin, coref_scores, metric_info
 
 _CITATION = """\
-@misc{liu-m3d,
-  title = {M$^3$D: A Multimodal, Multilingual and Multitask Dataset for Grounded Document-level Information Extraction},
-  author = {Liu, Jiang and Li, Bobo and Yang, Xinran and Yang, Na and Fei, Hao and Zhang, Mingyao and Li, Fei and Ji, Donghong},
-}
 @inproceedings{vilain-etal-1995-model,
   title = {A Model-Theoretic Coreference Scoring Scheme},
   author = {Vilain, Marc and Burger, John and Aberdeen, John and Connolly, Dennis and Hirschman, Lynette},
@@ -69,11 +65,11 @@ class M3DCoref(CheckedInputsMixin, evaluate.Metric):
     module_name = "m3d_coref"
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=metric_features(self.module_name),
+        return metric_info(
+            self.module_name,
+            _DESCRIPTION,
+            _KWARGS_DESCRIPTION,
+            _CITATION,
             reference_urls=["https://github.com/conll/reference-coreference-scorers"],
         )
 

@@ -2,13 +2,9 @@
 
 import evaluate
 
-from modeling_m3d.scoring import CheckedInputsMixin, grounding_scores, metric_features
+from modeling_m3d.scoring import CheckedInputsMixin, grounding_scores, metric_info
 
 _CITATION = """\
-@misc{liu-m3d,
-  title = {M$^3$D: A Multimodal, Multilingual and Multitask Dataset for Grounded Document-level Information Extraction},
-  author = {Liu, Jiang and Li, Bobo and Yang, Xinran and Yang, Na and Fei, Hao and Zhang, Mingyao and Li, Fei and Ji, Donghong},
-}
 @inproceedings{yu-etal-2023-grounded,
   title = {Grounded Multimodal Named Entity Recognition on Social Media},
   author = {Yu, Jianfei and Li, Ziyan and Wang, Jieming and Xia, Rui},
@@ -55,12 +51,7 @@ class M3DGrounding(CheckedInputsMixin, evaluate.Metric):
     module_name = "m3d_grounding"
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=metric_features(self.module_name),
-        )
+        return metric_info(self.module_name, _DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
 
     def _compute(self, predictions, references):
         return grounding_scores(predictions, references)

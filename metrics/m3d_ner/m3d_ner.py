@@ -2,14 +2,7 @@
 
 import evaluate
 
-from modeling_m3d.scoring import CheckedInputsMixin, metric_features, ner_scores
-
-_CITATION = """\
-@misc{liu-m3d,
-  title = {M$^3$D: A Multimodal, Multilingual and Multitask Dataset for Grounded Document-level Information Extraction},
-  author = {Liu, Jiang and Li, Bobo and Yang, Xinran and Yang, Na and Fei, Hao and Zhang, Mingyao and Li, Fei and Ji, Donghong},
-}
-"""
+from modeling_m3d.scoring import CheckedInputsMixin, metric_info, ner_scores
 
 _DESCRIPTION = """\
 Entity recognition on M³D: a predicted entity is a true positive when its token span and its type both equal
@@ -41,12 +34,7 @@ class M3DNer(CheckedInputsMixin, evaluate.Metric):
     module_name = "m3d_ner"
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=metric_features(self.module_name),
-        )
+        return metric_info(self.module_name, _DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references):
         return ner_scores(predictions, references)

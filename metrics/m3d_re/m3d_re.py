@@ -2,14 +2,7 @@
 
 import evaluate
 
-from modeling_m3d.scoring import CheckedInputsMixin, metric_features, relation_scores
-
-_CITATION = """\
-@misc{liu-m3d,
-  title = {M$^3$D: A Multimodal, Multilingual and Multitask Dataset for Grounded Document-level Information Extraction},
-  author = {Liu, Jiang and Li, Bobo and Yang, Xinran and Yang, Na and Fei, Hao and Zhang, Mingyao and Li, Fei and Ji, Donghong},
-}
-"""
+from modeling_m3d.scoring import CheckedInputsMixin, metric_info, relation_scores
 
 _DESCRIPTION = """\
 Relation extraction on M³D at the chain level (paper Section VI-B): a predicted relation can match a gold one
@@ -49,12 +42,7 @@ class M3DRe(CheckedInputsMixin, evaluate.Metric):
     module_name = "m3d_re"
 
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=metric_features(self.module_name),
-        )
+        return metric_info(self.module_name, _DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, symmetric_types=None):
         return relation_scores(predictions, references, symmetric_types)
