@@ -164,15 +164,18 @@ def grounding_dicts(
 
 def remap_words(document: dict, word_to_token: Sequence[int]) -> dict:
     """Maps a decoded document's word spans `[start, end)` to token spans through `word_to_token`."""
-    span = lambda s, e: [word_to_token[s], word_to_token[e - 1] + 1]  # noqa: E731
+
+    def span(mention: Sequence[int]) -> list[int]:
+        return [word_to_token[mention[0]], word_to_token[mention[1] - 1] + 1]
+
     return {
         "entities": [
-            {**x, "start": span(x["start"], x["end"])[0], "end": span(x["start"], x["end"])[1]}
+            {**x, "start": word_to_token[x["start"]], "end": word_to_token[x["end"] - 1] + 1}
             for x in document["entities"]
         ],
-        "chains": [[span(*m) for m in chain] for chain in document["chains"]],
+        "chains": [[span(m) for m in chain] for chain in document["chains"]],
         "relations": [
-            {**r, "subject": [span(*m) for m in r["subject"]], "object": [span(*m) for m in r["object"]]}
+            {**r, "subject": [span(m) for m in r["subject"]], "object": [span(m) for m in r["object"]]}
             for r in document["relations"]
         ],
         "groundings": document["groundings"],

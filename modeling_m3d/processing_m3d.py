@@ -164,9 +164,7 @@ class M3DProcessor(ProcessorMixin):
         self.entity_types = list(entity_types if entity_types is not None else ENTITY_TYPES)
         self.relation_types = list(relation_types if relation_types is not None else RELATION_TYPES)
         self.grounding_types = list(grounding_types if grounding_types is not None else GROUNDING_TYPES)
-        if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)):
-            raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}")
-        if max_frames is not None and max_frames < 1:
+        if max_frames is not None and (type(max_frames) is not int or max_frames < 1):
             raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}")
         if lang not in ("en", "zh"):
             raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")

@@ -99,27 +99,27 @@ def _timing_index(block: list[str]) -> int | None:
 
 
 def _parse_srt(text: str, path: Path) -> list[dict]:
-    cues = []
-    for line, block in _blocks(text):
-        index = _timing_index(block)
-        if index is None:
-            raise ValueError(f"{path}: line {line}: cue has no 'start --> end' timing line")
-        cues.append(_cue(block, index, f"{path}: line {line + index}", unescape=False))
-    return cues
+    return _cues(_blocks(text), path, unescape=False)
 
 
 def _parse_vtt(text: str, path: Path) -> list[dict]:
     blocks = list(_blocks(text))
     if not blocks or not blocks[0][1][0].startswith("WEBVTT"):
         raise ValueError(f"{path}: line 1: a WebVTT file must start with 'WEBVTT'")
+    cue_blocks = [
+        (line, block) for line, block in blocks[1:] if block[0].split(" ")[0] not in _VTT_SKIPPED_BLOCKS
+    ]
+    return _cues(cue_blocks, path, unescape=True)
+
+
+def _cues(blocks: Iterable[tuple[int, list[str]]], path: Path, unescape: bool) -> list[dict]:
+    """The cue of each block; a block without a timing line is an error."""
     cues = []
-    for line, block in blocks[1:]:
-        if block[0].split(" ")[0] in _VTT_SKIPPED_BLOCKS:
-            continue
+    for line, block in blocks:
         index = _timing_index(block)
         if index is None:
             raise ValueError(f"{path}: line {line}: cue has no 'start --> end' timing line")
-        cues.append(_cue(block, index, f"{path}: line {line + index}", unescape=True))
+        cues.append(_cue(block, index, f"{path}: line {line + index}", unescape=unescape))
     return cues
 
 
