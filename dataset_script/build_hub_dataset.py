@@ -5,7 +5,7 @@
 
 writes ``OUT/<lang>/<split>-NNNNN-of-MMMMM.parquet`` (frames embedded as image bytes, so the copy is
 self-contained) and ``OUT/README.md``, whose YAML ``configs:`` make ``datasets.load_dataset(OUT, "zh")``
-work on datasets 4 and 5 (which no longer run loading scripts). The rows are those of the builder in
+work without a loading script (tested with datasets 5, which no longer runs them). The rows are those of the builder in
 ``dataset_script/m3d``. The folder is written in a temporary sibling and renamed when complete, so a
 failure leaves nothing half-written. ``--push`` uploads the same files to the Hub dataset repo ``ID``.
 """

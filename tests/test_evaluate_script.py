@@ -26,7 +26,8 @@ def test_evaluate_script_writes_scores_sweep_and_plots(tmp_path):
     output = tmp_path / "evaluation"
     command = [sys.executable, str(ROOT / "examples" / "evaluate.py"), "--model_dir", str(tmp_path / "model"),
                "--dataset_dir", str(data_dir), "--split", "test", "--output_dir", str(output),
-               "--sweep_ratios", "0", "0.5", "1", "--cache_dir", str(tmp_path / "cache")]  # fmt: skip
+               "--sweep_ratios", "0", "0.5", "1", "--missing_modality_ratio", "0.5",
+               "--cache_dir", str(tmp_path / "cache")]  # fmt: skip
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
@@ -42,6 +43,11 @@ def test_evaluate_script_writes_scores_sweep_and_plots(tmp_path):
     counts = {ratio: [point[f"documents_{mode}"] for mode in ("full", "text_missing", "video_missing")]
               for ratio, point in report["missing_ratio_sweep"].items()}  # fmt: skip
     assert counts == {"0": [4, 0, 0], "0.5": [2, 1, 1], "1": [0, 2, 2]}
+    # the sweep point at the run's own ratio repeats the gold_pairs pass: same rows, modalities and model
+    same_ratio = {
+        k: v for k, v in report["missing_ratio_sweep"]["0.5"].items() if not k.startswith("documents_")
+    }
+    assert same_ratio == report["protocols"]["gold_pairs"]
     assert report["relation_type_f1"] and all(0.0 <= f1 <= 1.0 for f1 in report["relation_type_f1"].values())
     for name in ("missing_ratio.png", "relation_types.png"):
         assert (output / name).read_bytes()[:8] == PNG_MAGIC, name

@@ -185,7 +185,7 @@ def test_saved_pipeline_includes_the_processor(extractor, tmp_path):
     assert reloaded({"text": "Ann left Paris ."}) == extractor({"text": "Ann left Paris ."})
 
 
-def test_predict_script_writes_one_json_line_per_clip(model_dir, media):
+def test_predict_script_writes_one_json_line_per_clip(model_dir, extractor, media):
     row = {**annotated_row(), "frames": ["frame_0.png", "frame_1.png"]}
     lines = [
         row,
@@ -212,6 +212,18 @@ def test_predict_script_writes_one_json_line_per_clip(model_dir, media):
     results = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in results] == ["clip_0", None, "video_7_3"]
     assert all(set(r) == OUTPUT_KEYS for r in results)
+    # the same extractions as the pipeline on the same clips, media paths read from the input's folder
+    in_place = [
+        {**row, "frames": [media / name for name in row["frames"]]},
+        {**lines[1], "frames": [media / "frame_1.png"]},
+        {"video": media / "video_7_3.mp4", "subtitles": media / "video_7_3.srt"},
+    ]
+    for result, expected in zip(results, map(extractor, in_place), strict=True):
+        for key in ("entities", "chains", "relations"):
+            assert result[key] == expected[key], key
+        assert [(g["frame"], g["type"]) for g in result["groundings"]] == [
+            (g["frame"], g["type"]) for g in expected["groundings"]
+        ]
 
 
 def test_predict_script_names_the_bad_line(model_dir, media, monkeypatch):
