@@ -46,6 +46,7 @@ RELATION_TYPES = [
     "PER-TIME_entry",
 ]
 FUSIONS = ("dffm", "none", "one_stream", "two_stream")
+GROUNDING_POOLINGS = ("mean", "slots")
 # α of Eq. 24 (the paper does not give its values); the box L1 term is weighted as in DETR.
 DEFAULT_LOSS_WEIGHTS = {
     "ner": 1.0,
@@ -118,8 +119,20 @@ class M3DConfig(PretrainedConfig):
         mmcm_kernel_size (`int`, defaults to 3): width of the MMCM convolutions (odd).
         grounding_slots (`int`, defaults to 10): prediction slots per frame of the grounding head (Eq. 18).
         grounding_none_weight (`float`, defaults to 0.1): cross-entropy weight of the "none" class (Eq. 22).
+        grounding_pooling (`str`, defaults to `"mean"`): what the grounding slots read. `"mean"` (the paper's):
+            the frame feature, H^{x→g} averaged over patches (Eq. 12), through linear layers (Eq. 18).
+            `"slots"` (beyond the paper): one learned query per slot attends over the frame's patch grid (the
+            vision config's `image_size // patch_size` squared, the last positions of the encoder output), the
+            linear layers of Eq. 18 read each slot's feature and its box centre is offset from the attention-
+            weighted centre of the patches (a reference point); it keeps where the objects are, which the patch
+            average loses (small encoders trained from scratch localise far better with it).
         bilinear_dim (`int`, defaults to 256): low-rank projection size before the pair bilinear forms
             (Eq. 16–17).
+        relation_context (`int`, defaults to 0): words on each side of a mention added to the chain
+            representations of the relation head (Eq. 17). 0 (the paper's): a chain is the mean of its mentions'
+            word features. k > 0 (beyond the paper): the chain also gets the element-wise maximum over its
+            mentions of the mean of the k words before and of the k words after each mention, where the words
+            linking a subject to its object usually are.
         loss_weights (`dict[str, float]`): α of Eq. 24 over `ner`, `coref`, `relation`, `grounding_type`,
             `grounding_box`; missing keys take the defaults (1.0 each, 5.0 for `grounding_box`).
         vae_kl_weight (`float`, defaults to 1e-3): weight of the VAE KL term; 0 also turns sampling off.
@@ -160,7 +173,9 @@ class M3DConfig(PretrainedConfig):
         mmcm_kernel_size: int = 3,
         grounding_slots: int = 10,
         grounding_none_weight: float = 0.1,
+        grounding_pooling: str = "mean",
         bilinear_dim: int = 256,
+        relation_context: int = 0,
         loss_weights: dict[str, float] | None = None,
         vae_kl_weight: float = 1e-3,
         dropout: float = 0.1,
@@ -195,6 +210,9 @@ class M3DConfig(PretrainedConfig):
             _check_type(name, value, int)
             if value < 1:
                 raise ValueError(f"M3DConfig: `{name}` must be >= 1, got {value}.")
+        _check_type("relation_context", relation_context, int)
+        if relation_context < 0:
+            raise ValueError(f"M3DConfig: `relation_context` must be >= 0, got {relation_context}.")
         for name, value in [
             ("text_window_length", text_window_length),
             ("text_window_stride", text_window_stride),
@@ -214,6 +232,10 @@ class M3DConfig(PretrainedConfig):
         _check_type("use_mmcm", use_mmcm, bool)
         if fusion not in FUSIONS:
             raise ValueError(f"M3DConfig: unknown `fusion` {fusion!r}; expected one of {FUSIONS}.")
+        if grounding_pooling not in GROUNDING_POOLINGS:
+            raise ValueError(
+                f"M3DConfig: unknown `grounding_pooling` {grounding_pooling!r}; expected one of {GROUNDING_POOLINGS}."
+            )
         if latent_dim % fusion_heads:
             raise ValueError(
                 f"M3DConfig: `fusion_heads` ({fusion_heads}) must divide `latent_dim` ({latent_dim})."
@@ -228,7 +250,9 @@ class M3DConfig(PretrainedConfig):
         self.mmcm_kernel_size = mmcm_kernel_size
         self.grounding_slots = grounding_slots
         self.grounding_none_weight = float(grounding_none_weight)
+        self.grounding_pooling = grounding_pooling
         self.bilinear_dim = bilinear_dim
+        self.relation_context = relation_context
         self.loss_weights = self._check_loss_weights(loss_weights)
         self.vae_kl_weight = float(vae_kl_weight)
         self.dropout = float(dropout)

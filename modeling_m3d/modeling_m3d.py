@@ -55,7 +55,8 @@ class M3DModelOutput(ModelOutput):
         grounding_logits (`(B, F, S, G + 1)`): per-slot type scores, last class = none (Eq. 18).
         grounding_boxes (`(B, F, S, 4)`): per-slot boxes (cx, cy, w, h), sigmoid-normalised (Eq. 18).
         text_features (`(B, W, d_h)`): H^{g→x} per word (Eq. 11).
-        frame_features (`(B, F, d_h)`): H^{x→g} per frame (Eq. 12).
+        frame_features (`(B, F, d_h)`): H^{x→g} per frame (Eq. 12); per patch, `(B, F, P, d_h)`, with
+            `config.grounding_pooling="slots"`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -75,16 +76,39 @@ class M3DModelOutput(ModelOutput):
     frame_features: torch.FloatTensor | None = None
 
 
+def _segment_rows(index: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Row of each element of `index` (B, N) (-1 = none) in a flat (B·num_segments + 1) table; the last row
+    collects the elements of no segment."""
+    batch = index.shape[0]
+    offsets = torch.arange(batch, device=index.device)[:, None] * num_segments
+    return torch.where(index >= 0, index + offsets, batch * num_segments).reshape(-1)
+
+
 def segment_mean(values: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
     """Mean of `values` (B, N, D) per segment `index` (B, N) (-1 = none) → (B, num_segments, D), zeros if
     empty."""
     batch, length, dim = values.shape
-    offsets = torch.arange(batch, device=index.device)[:, None] * num_segments
-    flat = torch.where(index >= 0, index + offsets, batch * num_segments).reshape(-1)
+    flat = _segment_rows(index, num_segments)
     sums = values.new_zeros(batch * num_segments + 1, dim).index_add_(0, flat, values.reshape(-1, dim))
     counts = values.new_zeros(batch * num_segments + 1).index_add_(0, flat, values.new_ones(batch * length))
     means = sums / counts.clamp(min=1)[:, None]
     return means[:-1].view(batch, num_segments, dim)
+
+
+def segment_max(values: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Element-wise maximum of `values` (B, N, D) per segment `index` (B, N) (-1 = none) → (B, num_segments,
+    D), zeros if empty."""
+    batch, _, dim = values.shape
+    rows = _segment_rows(index, num_segments)[:, None].expand(-1, dim)
+    table = values.new_zeros(batch * num_segments + 1, dim)
+    maxima = table.scatter_reduce(0, rows, values.reshape(-1, dim), "amax", include_self=False)
+    return maxima[:-1].view(batch, num_segments, dim)
+
+
+def patch_centres(grid: int) -> torch.Tensor:
+    """Normalised (x, y) centres of the patches of a `grid` × `grid` patch grid, row-major → (grid², 2)."""
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    return (torch.stack([cols, rows], -1).reshape(-1, 2).float() + 0.5) / grid
 
 
 def span_mean(features: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
@@ -230,8 +254,8 @@ class M3DDirectedFusion(nn.Module):
 
 
 class M3DDenoisedFusion(nn.Module):
-    """DFFM (Eq. 8–12): frames into text (g→x, Eq. 11) and text into frames (x→g, then the mean over patches
-    of Eq. 12; the frame position embedding is added by the model)."""
+    """DFFM (Eq. 8–12): frames into text (g→x, Eq. 11) and text into frames (x→g per patch; the mean over
+    patches and the frame position embedding of Eq. 12 are applied by the model)."""
 
     def __init__(self, config: M3DConfig):
         super().__init__()
@@ -249,13 +273,13 @@ class M3DDenoisedFusion(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """words (B, W, d_h); patches (B, F, P, d_h); keys are (levels (3, B, L, d_h), mask (B, L)).
 
-        Returns H^{g→x} (B, W, d_h), the patch-averaged H^{x→g} (B, F, d_h) and the mean KL term.
+        Returns H^{g→x} (B, W, d_h), H^{x→g} per patch (B, F, P, d_h) and the mean KL term.
         """
         batch, frames, patch_count, hidden = patches.shape
         text, kl_text = self.frames_into_text(words, word_mask, *frame_keys)
         patch_mask = frame_mask[:, :, None].expand(-1, -1, patch_count).reshape(batch, -1)
         fused, kl_frames = self.text_into_frames(patches.reshape(batch, -1, hidden), patch_mask, *text_keys)
-        return text, fused.view(batch, frames, patch_count, hidden).mean(2), (kl_text + kl_frames) / 2
+        return text, fused.view(batch, frames, patch_count, hidden), (kl_text + kl_frames) / 2
 
 
 class M3DOneStreamFusion(nn.Module):
@@ -273,7 +297,7 @@ class M3DOneStreamFusion(nn.Module):
     def forward(
         self, words: torch.Tensor, word_mask: torch.Tensor, patches: torch.Tensor, frame_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """words (B, W, d_h), patches (B, F, P, d_h) → words (B, W, d_h), patch-averaged frames (B, F, d_h)."""
+        """words (B, W, d_h), patches (B, F, P, d_h) → words (B, W, d_h), patches (B, F, P, d_h)."""
         batch, frames, patch_count, hidden = patches.shape
         patch_mask = frame_mask[:, :, None].expand(-1, -1, patch_count).reshape(batch, -1)
         sequence = torch.cat(
@@ -283,7 +307,7 @@ class M3DOneStreamFusion(nn.Module):
         mask[:, 0] |= ~mask.any(1)  # a row with neither modality attends to one blank position
         out = self.layer(sequence, src_key_padding_mask=~mask)
         num_words = words.shape[1]
-        return out[:, :num_words], out[:, num_words:].view(batch, frames, patch_count, hidden).mean(2)
+        return out[:, :num_words], out[:, num_words:].view(batch, frames, patch_count, hidden)
 
 
 class M3DTwoStreamFusion(nn.Module):
@@ -304,7 +328,7 @@ class M3DTwoStreamFusion(nn.Module):
     def forward(
         self, words: torch.Tensor, word_mask: torch.Tensor, patches: torch.Tensor, frame_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """words (B, W, d_h), patches (B, F, P, d_h) → words (B, W, d_h), patch-averaged frames (B, F, d_h)."""
+        """words (B, W, d_h), patches (B, F, P, d_h) → words (B, W, d_h), patches (B, F, P, d_h)."""
         batch, frames, patch_count, hidden = patches.shape
         flat = patches.reshape(batch, -1, hidden)
         patch_mask = frame_mask[:, :, None].expand(-1, -1, patch_count).reshape(batch, -1)
@@ -315,7 +339,7 @@ class M3DTwoStreamFusion(nn.Module):
         fused = self.text_into_frames(
             flat, words, tgt_key_padding_mask=~blank(patch_mask), memory_key_padding_mask=~blank(word_mask)
         )
-        return text, fused.view(batch, frames, patch_count, hidden).mean(2)
+        return text, fused.view(batch, frames, patch_count, hidden)
 
 
 class M3DMissingModalityConstruction(nn.Module):
@@ -382,9 +406,9 @@ class M3DPairClassifier(nn.Module):
     all pairs with one batched einsum.
     """
 
-    def __init__(self, config: M3DConfig, num_classes: int):
+    def __init__(self, config: M3DConfig, num_classes: int, input_size: int | None = None):
         super().__init__()
-        hidden, rank = config.text_config.hidden_size, config.bilinear_dim
+        hidden, rank = input_size or config.text_config.hidden_size, config.bilinear_dim
         self.subject = nn.Sequential(nn.Linear(hidden, rank), nn.GELU(), nn.Dropout(config.dropout))
         self.object = nn.Sequential(nn.Linear(hidden, rank), nn.GELU(), nn.Dropout(config.dropout))
         self.bilinear = nn.Parameter(torch.empty(num_classes, rank, rank))
@@ -392,7 +416,7 @@ class M3DPairClassifier(nn.Module):
         self.object_linear = nn.Linear(rank, num_classes, bias=False)
 
     def forward(self, representations: torch.Tensor) -> torch.Tensor:
-        """(B, N, d_h) → (B, N, N, classes), [subject, object]."""
+        """(B, N, input_size) → (B, N, N, classes), [subject, object]."""
         subject, obj = self.subject(representations), self.object(representations)
         projected = torch.einsum("bir,krq->bikq", subject, self.bilinear)
         scores = torch.einsum("bikq,bjq->bijk", projected, obj)
@@ -401,22 +425,65 @@ class M3DPairClassifier(nn.Module):
 
 class M3DGroundingHead(nn.Module):
     """Per frame, `grounding_slots` slots each with type-or-none logits and a sigmoid box (Eq. 18), trained
-    after Hungarian matching of slots to boxes with cross-entropy (Eq. 22) and L1 (Eq. 23)."""
+    after Hungarian matching of slots to boxes with cross-entropy (Eq. 22) and L1 (Eq. 23).
+
+    With `config.grounding_pooling="mean"` (the paper's), the slots are linear layers on the patch-averaged
+    frame feature (Eq. 12, 18). With `"slots"` (beyond the paper), each slot is a learned query that attends
+    over the frame's patch grid; the same linear layers of Eq. 18 read each slot's attended feature, and the
+    attention-weighted centre of the patches it attends to is added to its box centre logits (a reference
+    point), so that localising an object is learnt through the attention.
+    """
 
     def __init__(self, config: M3DConfig):
         super().__init__()
         hidden = config.text_config.hidden_size
         self.slots, self.num_types = config.grounding_slots, len(config.grounding_types)
         self.none_weight = config.grounding_none_weight
+        self.queries = None
+        outputs = self.slots
+        if config.grounding_pooling == "slots":
+            vision = config.vision_config
+            size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+            grid = size // patch if isinstance(size, int) and isinstance(patch, int) else 0
+            if grid < 1:
+                raise ValueError("M3DConfig: `grounding_pooling='slots'` needs a vision_config with an int "
+                                 "`image_size` and `patch_size` (a square patch grid).")  # fmt: skip
+            self.register_buffer("centres", patch_centres(grid), persistent=False)
+            self.queries = nn.Parameter(torch.empty(self.slots, hidden))
+            self.key = nn.Linear(hidden, hidden)
+            self.value = nn.Linear(hidden, hidden)
+            self.slot_norm = nn.LayerNorm(hidden)
+            outputs = 1
         self.hidden = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(config.dropout))
-        self.classifier = nn.Linear(hidden, self.slots * (self.num_types + 1))
-        self.box = nn.Linear(hidden, self.slots * 4)
+        self.classifier = nn.Linear(hidden, outputs * (self.num_types + 1))
+        self.box = nn.Linear(hidden, outputs * 4)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, F, d_h) → logits (B, F, S, G + 1), boxes (B, F, S, 4)."""
-        hidden = self.hidden(frames)
-        logits = self.classifier(hidden).unflatten(-1, (self.slots, self.num_types + 1))
-        return logits, self.box(hidden).sigmoid().unflatten(-1, (self.slots, 4))
+        """Frames (B, F, d_h), or patches (B, F, P, d_h) with slot queries → logits (B, F, S, G + 1), boxes
+        (B, F, S, 4)."""
+        if self.queries is None:
+            hidden = self.hidden(frames)
+            logits = self.classifier(hidden).unflatten(-1, (self.slots, self.num_types + 1))
+            return logits, self.box(hidden).sigmoid().unflatten(-1, (self.slots, 4))
+        features, reference = self.attend(frames)
+        hidden = self.hidden(features)
+        offsets = F.pad(torch.logit(reference), (0, 2))  # centre logits shifted by the reference point
+        return self.classifier(hidden), (self.box(hidden) + offsets).sigmoid()
+
+    def attend(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slot queries attend (one head, with a residual and a LayerNorm) over the patch grid, i.e. the last
+        grid² positions (a leading CLS token is left out) → slot features (B, F, S, d_h), reference points
+        (B, F, S, 2)."""
+        if patches.shape[-2] == 1:  # a batch without frames has one blank patch per (padded) frame
+            patches = patches.expand(-1, -1, len(self.centres), -1)
+        grid = patches[..., -len(self.centres) :, :]
+        if grid.shape[-2] != len(self.centres):
+            raise ValueError(f"grounding head: {grid.shape[-2]} patches, fewer than the {len(self.centres)} "
+                             "of the vision_config's patch grid.")  # fmt: skip
+        scores = torch.einsum("sd,bfpd->bfsp", self.queries, self.key(grid)) / math.sqrt(grid.shape[-1])
+        weights = scores.softmax(-1)
+        features = self.slot_norm(self.queries + weights @ self.value(grid))
+        return features, (weights @ self.centres).clamp(1e-4, 1 - 1e-4)
 
     @torch.no_grad()
     def match(
@@ -489,6 +556,10 @@ class M3DPreTrainedModel(PreTrainedModel):
             init.normal_(module.prompts, std=std)
         elif isinstance(module, M3DPairClassifier):
             init.zeros_(module.bilinear)
+        elif isinstance(module, M3DGroundingHead) and module.queries is not None:
+            init.normal_(module.queries, std=std)
+            # A non-persistent buffer: `from_pretrained` builds on the meta device and never loads it.
+            init.copy_(module.centres, patch_centres(math.isqrt(len(module.centres))))
         elif isinstance(module, CRF):
             for parameter in (module.start_transitions, module.end_transitions, module.transitions):
                 init.uniform_(parameter, -0.1, 0.1)
@@ -533,7 +604,8 @@ class M3DModel(M3DPreTrainedModel):
         self.dropout = nn.Dropout(config.dropout)
         self.entity_head = M3DEntityHead(config)
         self.coref_head = M3DPairClassifier(config, 2)
-        self.relation_head = M3DPairClassifier(config, len(config.relation_types) + 1)
+        relation_inputs = (1 + 2 * (config.relation_context > 0)) * hidden
+        self.relation_head = M3DPairClassifier(config, len(config.relation_types) + 1, relation_inputs)
         self.grounding_head = M3DGroundingHead(config)
         self.post_init()
 
@@ -647,7 +719,12 @@ class M3DModel(M3DPreTrainedModel):
         pixel_values: torch.Tensor,
         frame_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encoders, hierarchical features and fusion → text (B, W, d_h), frame (B, F, d_h) features, KL."""
+        """Encoders, hierarchical features and fusion → text (B, W, d_h), frame features, KL.
+
+        The frame features are H^{x→g} averaged over patches plus the frame position embedding (Eq. 12), (B, F,
+        d_h); with `config.grounding_pooling="slots"` the patches are kept, (B, F, P, d_h), for the slot queries
+        of the grounding head.
+        """
         batch, num_words = word_mask.shape
         if word_ids.max() >= num_words:
             raise ValueError(f"word_ids: index {int(word_ids.max())} >= word_mask width {num_words}.")
@@ -665,11 +742,15 @@ class M3DModel(M3DPreTrainedModel):
         positions = self.frame_positions[: frame_mask.shape[1]]
         kl = words.new_zeros(())
         if self.fusion is None:
-            text, frames = words[0], patches[0].mean(2)
+            text, frames = words[0], patches[0]
         elif isinstance(self.fusion, M3DDenoisedFusion):
             text, frames, kl = self._fuse(words, word_mask, patches, frame_mask)
         else:
             text, frames = self.fusion(words[0], word_mask, patches[0], frame_mask)
+        if self.config.grounding_pooling == "mean":
+            frames = frames.mean(2)
+        else:
+            positions = positions[:, None]
         return self.dropout(self.text_norm(text)), self.dropout(self.frame_norm(frames + positions)), kl
 
     def _fuse(
@@ -696,10 +777,11 @@ class M3DModel(M3DPreTrainedModel):
         entity_spans: torch.Tensor,
         entity_chain: torch.Tensor | None,
         num_chains: int | None,
+        word_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Coreference logits over mention pairs (Eq. 16) and relation logits over chain pairs (Eq. 17).
 
-        A mention is the mean of its own words; a chain is the mean of its mentions.
+        A mention is the mean of its own words; a chain is the mean of its mentions (see `chain_features`).
         """
         if entity_spans.numel() and int(entity_spans.max()) > text.shape[1]:
             raise ValueError(f"entity_spans: end {int(entity_spans.max())} beyond the {text.shape[1]} words.")
@@ -707,7 +789,36 @@ class M3DModel(M3DPreTrainedModel):
         coref = self.coref_head(mentions)
         if entity_chain is None:
             return coref, None
-        return coref, self.relation_head(segment_mean(mentions, entity_chain, num_chains))
+        chains = self.chain_features(text, word_mask, entity_spans, mentions, entity_chain, num_chains)
+        return coref, self.relation_head(chains)
+
+    def chain_features(
+        self,
+        text: torch.Tensor,
+        word_mask: torch.Tensor | None,
+        spans: torch.Tensor,
+        mentions: torch.Tensor,
+        entity_chain: torch.Tensor,
+        num_chains: int,
+    ) -> torch.Tensor:
+        """Chain representations read by the relation head (Eq. 17): the mean over each chain's mentions
+        (B, C, d_h).
+
+        With `config.relation_context = k > 0` (beyond the paper), the mean of the k words before each mention
+        and that of the k words after it (within the document's `word_mask`, all words when None) are pooled
+        over the chain's mentions by an element-wise maximum and appended → (B, C, 3 d_h): the words linking a
+        subject to its object reach both chains, undiluted by the chains' other mentions.
+        """
+        chains = segment_mean(mentions, entity_chain, num_chains)
+        width = self.config.relation_context
+        if not width:
+            return chains
+        length = word_mask.sum(1, keepdim=True) if word_mask is not None else text.shape[1]
+        start, end = spans.unbind(-1)
+        before = torch.stack([(start - width).clamp(min=0), start], -1)
+        after = torch.stack([end, torch.maximum(end, (end + width).clamp(max=length))], -1)
+        context = torch.cat([span_mean(text, before), span_mean(text, after)], -1)
+        return torch.cat([chains, segment_max(context, entity_chain, num_chains)], -1)
 
     def forward(
         self,
@@ -744,7 +855,9 @@ class M3DModel(M3DPreTrainedModel):
             num_chains = chain_mask.shape[1] if chain_mask is not None else None
             if entity_chain is not None and num_chains is None:
                 num_chains = max(int(entity_chain.max()) + 1, 1)
-            coref_logits, relation_logits = self.pair_logits(text, entity_spans, entity_chain, num_chains)
+            coref_logits, relation_logits = self.pair_logits(
+                text, entity_spans, entity_chain, num_chains, word_mask
+            )
         losses = {}
         if ner_labels is not None:
             losses["ner"] = self.entity_head.loss(ner_logits, word_mask, ner_labels)
@@ -834,7 +947,9 @@ class M3DModel(M3DPreTrainedModel):
         components = connected_components(coref_adjacency(self.coref_head(mentions), span_mask), span_mask)
         if protocol == "end_to_end":
             entity_chain, chain_mask = components, self._chain_mask(components)
-        chains = self.relation_head(segment_mean(mentions, entity_chain, chain_mask.shape[1]))
+        chains = self.relation_head(
+            self.chain_features(text, word_mask, spans, mentions, entity_chain, chain_mask.shape[1])
+        )
         relations = decode_relations(chains, chain_mask.bool())
         documents = [
             {"entities": ents, "chains": list(clusters.values()), "relations": rels, "groundings": grounds}

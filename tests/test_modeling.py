@@ -360,3 +360,38 @@ def test_pair_scoring_cost_does_not_grow_with_entity_count(tiny):
     run(5)  # warm-up: first calls dispatch one-off operations
     assert _aten_ops(lambda: run(5)) == _aten_ops(lambda: run(50))
     model.zero_grad(set_to_none=True)
+
+
+def test_slot_grounding_and_relation_context_shapes_and_save_load(tokenizer, tmp_path):
+    """The knobs beyond the paper: slot queries over the patch grid (with reference-point centres, a non-persistent
+    buffer that `from_pretrained` must rebuild) and the context words in the chain representations."""
+    model, processor = build(tokenizer, grounding_pooling="slots", relation_context=2)
+    config = model.config
+    assert model.relation_head.subject[0].in_features == 3 * config.text_config.hidden_size
+    batch = processor([make_row(0), make_row(1, text=False), make_row(2, video=False)], return_tensors="pt")
+    out = model(**batch)
+    frames = batch["frame_mask"].shape[1]
+    assert out.grounding_logits.shape == (3, frames, config.grounding_slots, len(config.grounding_types) + 1)
+    assert out.grounding_boxes.shape == (3, frames, config.grounding_slots, 4)
+    out.loss.backward()
+    assert model.grounding_head.queries.grad.abs().sum() > 0
+    without_frames = processor([make_row(2, video=False)], return_tensors="pt")
+    assert model(**without_frames).grounding_boxes.shape[2] == config.grounding_slots
+
+    model.eval()
+    model.save_pretrained(tmp_path)
+    loaded = M3DModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.grounding_head.centres, model.grounding_head.centres)
+    with torch.no_grad():
+        a, b = model(**batch), loaded(**batch)
+    for key in ("relation_logits", "grounding_logits", "grounding_boxes"):
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_slot_grounding_needs_a_square_patch_grid(tokenizer):
+    config = tiny_config(tokenizer, grounding_pooling="slots")
+    config.vision_config.image_size = [32, 48]
+    with pytest.raises(ValueError, match="square patch grid"):
+        M3DModel(config)
+    with pytest.raises(ValueError, match="grounding_pooling"):
+        tiny_config(tokenizer, grounding_pooling="max")
