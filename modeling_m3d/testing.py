@@ -10,7 +10,7 @@ import string
 from collections import Counter
 from collections.abc import Iterable
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LongformerConfig, PreTrainedTokenizerFast, ViTConfig, ViTImageProcessorPil
 
 from .configuration_m3d import M3DConfig
@@ -66,22 +66,15 @@ def build_tokenizer(
     A tokenizer for tiny models, built deterministically from ``texts`` (documents as strings) or, without
     texts, from a small built-in word list (EN) / set of common characters (ZH).
 
-    EN: WordPiece whose vocabulary holds every character seen (and all printable ASCII), alone and as a
-    ``##`` continuation, plus the most frequent words and punctuation marks up to ``vocab_size``; case is
-    kept, so a rare word splits into known pieces instead of ``[UNK]``. ZH: one piece per character (the
+    EN: WordPiece trained on the texts up to ``vocab_size`` (frequent words whole, rarer ones in learned
+    sub-word pieces); every character seen (and all printable ASCII) is a piece, alone and as a ``##``
+    continuation, and case is kept, so a rare word splits into known pieces instead of ``[UNK]``. ZH: one piece per character (the
     common set plus the most frequent characters of ``texts``), others map to ``[UNK]``.
     """
     texts = list(texts) if texts is not None else []
     specials = list(SPECIAL_TOKENS.values())
     if lang == "en":
-        splitter = pre_tokenizers.BertPreTokenizer()
-        words = [word for text in texts or [_EN_WORDS] for word, _ in splitter.pre_tokenize_str(text)]
-        alphabet = sorted(set(string.printable.strip()).union(*words))
-        base = [*specials, *alphabet, *(f"##{character}" for character in alphabet)]
-        tokens = base + _ranked(words, base, vocab_size - len(base))
-        backend = Tokenizer(models.WordPiece(_index(tokens), unk_token=SPECIAL_TOKENS["unk_token"]))
-        backend.pre_tokenizer = splitter
-        backend.decoder = decoders.WordPiece()
+        backend = _trained_wordpiece(texts or [_EN_WORDS], specials, vocab_size)
     elif lang == "zh":
         characters = [c for text in texts for c in text if not c.isspace()]
         base = [
@@ -95,6 +88,33 @@ def build_tokenizer(
     else:
         raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
     return _tokenizer_from_backend(backend)
+
+
+def _trained_wordpiece(texts: list[str], specials: list[str], vocab_size: int) -> Tokenizer:
+    """A WordPiece vocabulary trained on ``texts`` (the ``tokenizers`` trainer: BPE merges of ``##`` pieces).
+
+    Every character seen (and all printable ASCII) is in the vocabulary alone and as a ``##`` continuation.
+    The continuations are declared up front, in sorted order, so that their ids, and with them the trainer's
+    choice among merges of equal count, do not depend on hash order: the same texts give the same vocabulary
+    in every process. The trained tokenizer is rebuilt from its vocabulary, with only the real special tokens.
+    """
+    splitter = pre_tokenizers.BertPreTokenizer()
+    words = (word for text in texts for word, _ in splitter.pre_tokenize_str(text))
+    alphabet = sorted(set(string.printable.strip()).union(*words))
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[*specials, *(f"##{character}" for character in alphabet)],
+        initial_alphabet=alphabet,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    trained = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
+    trained.pre_tokenizer = splitter
+    trained.train_from_iterator(texts, trainer)
+    backend = Tokenizer(models.WordPiece(trained.get_vocab(), unk_token=SPECIAL_TOKENS["unk_token"]))
+    backend.pre_tokenizer = splitter
+    backend.decoder = decoders.WordPiece()
+    return backend
 
 
 def _index(tokens: list[str]) -> dict[str, int]:

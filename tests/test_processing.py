@@ -1,6 +1,7 @@
 """M3DProcessor: the batch contract of the team brief, labels, frames, errors, save/load, real rows."""
 
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -326,6 +327,21 @@ def test_built_tokenizer_is_deterministic_and_round_trips(tmp_path, lang, words)
     a, b = (t([words], is_split_into_words=True) for t in (tokenizer, loaded))
     assert a["input_ids"] == b["input_ids"] and a.word_ids(0) == b.word_ids(0)
     assert tokenizer.unk_token_id not in a["input_ids"][0]
+
+
+@pytest.mark.skipif(
+    not (SHARED_M3D / "data" / "en" / "dev_en.json").is_file(), reason="real dev_en.json absent"
+)
+def test_trained_wordpiece_is_deterministic_on_real_text():
+    """The trainer breaks ties between merges of equal count by piece id; with the `##` pieces declared up front
+    the ids, and so the vocabulary, are the same in every call (before, ~2% of an 8,000 vocabulary varied)."""
+    documents = json.loads((SHARED_M3D / "data" / "en" / "dev_en.json").read_text(encoding="utf-8"))
+    texts = [document["doc"] for document in documents]
+    first, second = (build_tokenizer(texts, "en", vocab_size=8000) for _ in range(2))
+    assert len(first) == 8000 and first.get_vocab() == second.get_vocab()
+    pieces = first.tokenize("Fergusonville was born")
+    assert pieces[-2:] == ["was", "born"]  # frequent words whole
+    assert 1 < len(pieces) - 2 < 6 and pieces[-3] == "##ville"  # a rare one in learned pieces, not characters
 
 
 def test_tiny_model_and_processor_agree():
