@@ -58,6 +58,11 @@ DEFAULT_LOSS_WEIGHTS = {
 LOSS_TERMS = tuple(DEFAULT_LOSS_WEIGHTS)
 
 
+def default_initializer_range(hidden_size: int) -> float:
+    """0.02·√(768 / d_h): the usual 0.02 at the paper's width, larger for narrow encoders."""
+    return 0.02 * math.sqrt(768 / hidden_size)
+
+
 def _check_type(name: str, value: Any, types: type | tuple[type, ...], allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -188,7 +193,7 @@ class M3DConfig(PretrainedConfig):
         self.text_config = _build_sub_config("text_config", text_config, "longformer")
         self.vision_config = _build_sub_config("vision_config", vision_config, "vit")
         if initializer_range is None:
-            initializer_range = 0.02 * math.sqrt(768 / self.text_config.hidden_size)
+            initializer_range = default_initializer_range(self.text_config.hidden_size)
         self.entity_types = _check_labels(
             "entity_types", ENTITY_TYPES if entity_types is None else entity_types
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .configuration_m3d import default_initializer_range
 from .scoring import gold_document, m3d_scores
 
 MODALITY_MODES = ("full", "text_missing", "video_missing")
@@ -151,8 +152,15 @@ def parameter_groups(model, encoder_lr: float, head_lr: float, weight_decay: flo
 
 
 def override_config(config, overrides: Mapping):
-    """A new config of the same class with `overrides` merged in; a dict value updates that sub-config's fields."""
+    """A new config of the same class with `overrides` merged in; a dict value updates that sub-config's fields.
+
+    An `initializer_range` that was the default for the old text width is derived again from the new one.
+    """
     merged = config.to_dict()
+    if "initializer_range" not in overrides and config.initializer_range == default_initializer_range(
+        config.text_config.hidden_size
+    ):
+        merged["initializer_range"] = None
     for key, value in overrides.items():
         if key not in merged:
             raise ValueError(f"config override {key!r} is not a field of {type(config).__name__}")

@@ -22,6 +22,7 @@ from modeling_m3d.training import (
     drop_modality,
     load_manifest,
     model_card,
+    override_config,
     save_manifest,
 )
 
@@ -175,3 +176,17 @@ def test_seed_aggregation_and_model_card():
                       split="test", protocol="gold_pairs", missing_modality_ratio=2 / 3)  # fmt: skip
     parsed = ModelCard(str(card)).data.eval_results
     assert len(parsed) == 13 and {r.dataset_split for r in parsed} == {"test"}
+
+
+def test_config_override_derives_the_initializer_range_of_the_new_width():
+    from modeling_m3d.configuration_m3d import default_initializer_range
+    from modeling_m3d.testing import build_tokenizer, tiny_config
+
+    tokenizer = build_tokenizer(None, "en")
+    wider = override_config(tiny_config(tokenizer), {"text_config": {"hidden_size": 128}, "dropout": 0.0})
+    assert wider.text_config.hidden_size == 128 and wider.dropout == 0.0
+    assert wider.initializer_range == pytest.approx(default_initializer_range(128))
+    chosen = override_config(tiny_config(tokenizer, initializer_range=0.5), {"text_config": {"hidden_size": 128}})
+    assert chosen.initializer_range == 0.5
+    with pytest.raises(ValueError, match="'hidden'"):
+        override_config(wider, {"hidden": 3})
