@@ -233,6 +233,17 @@ class M3DFusionLevel(nn.Module):
         return fused, kl
 
 
+class M3DLevelSum(nn.Linear):
+    """Σ_λ W_λ H_λ + W H (Eq. 11) as one linear map of the concatenated `[H_l; H_m; H_h; H]`.
+
+    Initialised as H (W = I, W_λ = 0; the paper gives no initialisation): the heads first read the encoder's own
+    features and the fused levels come in as they are learned, instead of behind a random projection.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__((NUM_LEVELS + 1) * hidden, hidden)
+
+
 class M3DDirectedFusion(nn.Module):
     """One direction of the DFFM: three levels then the weighted sum Σ_λ W_λ H_λ + W H (Eq. 11)."""
 
@@ -240,7 +251,7 @@ class M3DDirectedFusion(nn.Module):
         super().__init__()
         hidden = config.text_config.hidden_size
         self.levels = nn.ModuleList(M3DFusionLevel(config) for _ in range(NUM_LEVELS))
-        self.mix = nn.Linear((NUM_LEVELS + 1) * hidden, hidden)
+        self.mix = M3DLevelSum(hidden)
 
     def forward(
         self, query: torch.Tensor, query_mask: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor
@@ -552,6 +563,11 @@ class M3DPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, M3DModel):
             init.normal_(module.frame_positions, std=std)
+        elif isinstance(module, M3DLevelSum):
+            hidden = module.out_features
+            identity = torch.cat([torch.zeros(hidden, NUM_LEVELS * hidden), torch.eye(hidden)], dim=1)
+            init.copy_(module.weight, identity)
+            init.zeros_(module.bias)
         elif isinstance(module, M3DMissingModalityConstruction):
             init.normal_(module.prompts, std=std)
         elif isinstance(module, M3DPairClassifier):

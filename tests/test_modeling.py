@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from modeling_m3d.configuration_m3d import M3DConfig
-from modeling_m3d.modeling_m3d import M3DModel, layer_thirds, span_mean
+from modeling_m3d.modeling_m3d import M3DLevelSum, M3DModel, layer_thirds, span_mean
 from modeling_m3d.processing_m3d import M3DProcessor
 from modeling_m3d.testing import build_tokenizer, tiny_config, tiny_image_processor
 
@@ -131,6 +131,7 @@ def _grads(module: torch.nn.Module) -> list[torch.Tensor | None]:
 
 def test_mmcm_takes_gradients_only_from_missing_rows(tokenizer):
     model, processor = build(tokenizer)
+    _open_level_sums(model)
     model(**processor([make_row(0), make_row(3)], return_tensors="pt")).loss.backward()
     assert all(g is None for g in _grads(model.text_from_frames) + _grads(model.frames_from_text))
     model.zero_grad(set_to_none=True)
@@ -142,9 +143,31 @@ def test_mmcm_takes_gradients_only_from_missing_rows(tokenizer):
     assert all(g is not None and g.abs().sum() > 0 for g in _grads(model.frames_from_text))
 
 
-def test_gradients_reach_fusion_and_heads(tiny, mixed_batch):
-    model, _ = tiny
-    model.zero_grad(set_to_none=True)
+def _open_level_sums(model: M3DModel) -> M3DModel:
+    """W_λ of Eq. 11 start at 0 (`M3DLevelSum`), which holds back the levels' gradients until the first step;
+    give them the non-zero values training reaches."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, M3DLevelSum):
+            with torch.no_grad():
+                module.weight.normal_(std=0.1, generator=generator)
+    return model
+
+
+def test_level_sum_starts_as_the_encoder_features(tokenizer):
+    """At initialisation the DFFM passes H through unchanged (W = I, W_λ = 0) and only W_λ gets gradients."""
+    model, processor = build(tokenizer)
+    levels = torch.randn(2, 5, 4 * model.config.text_config.hidden_size, requires_grad=True)
+    mix = model.fusion.frames_into_text.mix
+    out = mix(levels)
+    torch.testing.assert_close(out, levels[..., -model.config.text_config.hidden_size :])
+    out.sum().backward()
+    assert mix.weight.grad[:, : 3 * mix.out_features].abs().sum() > 0
+    assert levels.grad[..., : 3 * mix.out_features].abs().sum() == 0
+
+
+def test_gradients_reach_fusion_and_heads(tokenizer, mixed_batch):
+    model = _open_level_sums(build(tokenizer)[0])
     model(**mixed_batch).loss.backward()
     for name in (
         "fusion",
@@ -322,6 +345,7 @@ def test_long_document_is_encoded_in_windows(tokenizer):
 def test_kl_sampling_in_training_only(tokenizer):
     silent = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     model, processor = build(tokenizer, dropout=0.0, vae_kl_weight=0.5, text_overrides=silent)
+    _open_level_sums(model)  # the sampled levels reach the output through W_λ
     batch = processor([make_row(0), make_row(2)], return_tensors="pt")
     model.train()
     first, second = model(**batch), model(**batch)
