@@ -403,7 +403,7 @@ def train(
         save_model(accelerator, model, processor, output_dir)
     train_seconds = time.time() - start
 
-    results = final_scores(accelerator, model, eval_dataloaders, args.protocol, state, output_dir)
+    results = final_scores(accelerator, eval_dataloaders, args.protocol, state, output_dir)
     results.update(best_epoch=state["best_epoch"], train_seconds=round(train_seconds, 1), seed=seed,
                    protocol=args.protocol, missing_modality_ratio=data_args.missing_modality_ratio)  # fmt: skip
     if accelerator.is_main_process:
@@ -424,14 +424,15 @@ def evaluate_epoch(accelerator: Accelerator, model, processor, loader, protocol:
         save_model(accelerator, model, processor, output_dir)
 
 
-def final_scores(accelerator: Accelerator, model, loaders: dict, protocol: str, state: dict, output_dir: Path) -> dict:
-    """Scores of the best epoch's weights (reloaded from `output_dir`) on the test split, else on validation."""
-    accelerator.unwrap_model(model).load_state_dict(M3DModel.from_pretrained(output_dir).state_dict())
+def final_scores(accelerator: Accelerator, loaders: dict, protocol: str, state: dict, output_dir: Path) -> dict:
+    """Scores of the best epoch's weights on the test split, else on validation. The saved model is loaded again and
+    prepared for evaluation only (a full copy per process), whatever wraps or shards the training model."""
     split = "test" if "test" in loaders else "validation"
     if split not in loaders:
         return {}
+    best = accelerator.prepare_model(M3DModel.from_pretrained(output_dir), evaluation_mode=True)
     prefix = "test_" if split == "test" else "eval_"
-    results = flatten_scores(predict_and_score(accelerator, model, loaders[split], protocol), prefix)
+    results = flatten_scores(predict_and_score(accelerator, best, loaders[split], protocol), prefix)
     accelerator.print(f"{split} ({protocol}, best epoch {state['best_epoch']})\n{results_table(results, prefix)}")
     return results
 
