@@ -103,7 +103,7 @@ def main() -> None:
     model_dir = Path(args.model_dir)
     output_dir = Path(args.output_dir or model_dir / "evaluation")
     output_dir.mkdir(parents=True, exist_ok=True)
-    model = accelerator.prepare(AutoModel.from_pretrained(model_dir))
+    model = accelerator.prepare_model(AutoModel.from_pretrained(model_dir), evaluation_mode=True)  # a full copy per process
     processor = AutoProcessor.from_pretrained(model_dir)
     with accelerator.main_process_first():
         splits = load_splits(data_args, output_dir)

@@ -32,7 +32,7 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import (
@@ -489,6 +489,7 @@ def main() -> None:
         project_dir=args.output_dir,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # a missing modality idles modules
     )
+    check_fsdp(accelerator)
     accelerator.init_trackers("m3d", config=flat_config(model_args, data_args, args))
     output_dir = Path(args.output_dir)
     if not args.seeds:
@@ -499,6 +500,18 @@ def main() -> None:
             write_seed_results(runs, output_dir)
     accelerator.wait_for_everyone()  # no process tears the process group down while another still works
     accelerator.end_training()
+
+
+def check_fsdp(accelerator: Accelerator) -> None:
+    """Validation decodes with `predict`, outside FSDP's forward hooks (`training.full_parameters`): under FSDP1 this
+    needs the original parameters; fail before training rather than at the first validation."""
+    if accelerator.distributed_type != DistributedType.FSDP or accelerator.is_fsdp2:
+        return
+    if not accelerator.state.fsdp_plugin.use_orig_params:
+        raise ValueError(
+            "FSDP1 with flat parameters cannot decode between epochs: set `fsdp_use_orig_params: true` in the "
+            "accelerate config, or use `fsdp_version: 2`."
+        )
 
 
 def write_seed_results(runs: list[dict], output_dir: Path) -> None:

@@ -1,15 +1,16 @@
 """Training-side helpers shared by `examples/train.py` and `examples/evaluate.py`.
 
-Nothing here touches a model's forward pass: the missing-modality protocol of the paper (Section VI-C and Fig. 9),
-the optimizer parameter groups of its recipe, the results tables, the aggregation over seeds (Table III) and the
-model card. The functions are pure Python (torch only where parameters are grouped) so that scripts stay flat.
+None of them defines a model's computation: decoding and scoring a split (FSDP-sharded weights gathered first), the
+missing-modality protocol of the paper (Section VI-C and Fig. 9), the optimizer parameter groups of its recipe, the
+results tables, the aggregation over seeds (Table III) and the model card. Scripts stay flat by calling them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,31 @@ class ModalityCollator:
         return batch, [gold_document(row, relation_types=relation_types) for row in rows]
 
 
+@contextmanager
+def full_parameters(model) -> Iterator[None]:
+    """Inside the block, every process holds all the weights of `model`, an FSDP-prepared model or any other.
+
+    FSDP gathers a sharded module's weights only around that module's `forward`. `M3DModel.predict` is not the root's
+    `forward`, so the root's own weights (embeddings, fusion, heads) would stay sharded: they are gathered here, with
+    `unshard` for FSDP2 (`fully_shard`) and `summon_full_params` for FSDP1 (which needs `use_orig_params=True`: with
+    flat parameters, nested units cannot run their `forward` inside it). Nested FSDP2 modules keep gathering around
+    their own `forward`. Any other model is left as it is.
+    """
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    if isinstance(model, FullyShardedDataParallel):
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            yield
+    elif isinstance(model, FSDPModule):
+        model.unshard()
+        try:
+            yield
+        finally:
+            model.reshard()
+    else:
+        yield
+
+
 def predict_split(accelerator, model, dataloader, protocol: str, progress: bool = True) -> tuple[list, list]:
     """Decode a split with `model.predict` and gather the predictions and references of every process."""
     import torch
@@ -117,11 +143,12 @@ def predict_split(accelerator, model, dataloader, protocol: str, progress: bool 
     model.eval()
     predictor = accelerator.unwrap_model(model)
     predictions, references = [], []
-    for batch, gold in tqdm(dataloader, desc="eval", disable=not (progress and accelerator.is_main_process)):
-        with torch.no_grad(), accelerator.autocast():
-            predicted = predictor.predict(**batch, protocol=protocol)
-        predictions += accelerator.gather_for_metrics(predicted, use_gather_object=True)
-        references += accelerator.gather_for_metrics(gold, use_gather_object=True)
+    with full_parameters(model):
+        for batch, gold in tqdm(dataloader, desc="eval", disable=not (progress and accelerator.is_main_process)):
+            with torch.no_grad(), accelerator.autocast():
+                predicted = predictor.predict(**batch, protocol=protocol)
+            predictions += accelerator.gather_for_metrics(predicted, use_gather_object=True)
+            references += accelerator.gather_for_metrics(gold, use_gather_object=True)
     return predictions, references
 
 

@@ -13,13 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_modeling import make_row
 
+from modeling_m3d.testing import tiny_model_and_processor
 from modeling_m3d.training import (
     MODALITY_MODES,
     aggregate_seeds,
     assign_modalities,
     build_modality_manifest,
     drop_modality,
+    full_parameters,
     load_manifest,
     model_card,
     override_config,
@@ -120,6 +123,40 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         tmp_path / "cache", timeout=300, ACCELERATE_USE_CPU="1")  # MULTI_CPU with gloo (HF-NOTES §4)  # fmt: skip
     assert_same_weights(weights(tmp_path / "single" / "checkpoint-4"), weights(tmp_path / "parallel" / "checkpoint-4"),
                         atol=1e-6)  # fmt: skip
+
+
+def _predict_sharded(rank: int, store: str, version: int) -> None:
+    """One of two gloo processes: the tiny model sharded as accelerate shards it (the classes in `_no_split_modules`
+    wrapped, then the root) decodes, under `full_parameters`, exactly what the unsharded model decodes."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model, processor = tiny_model_and_processor()
+    batch = processor([make_row(0), make_row(3)], return_tensors="pt")
+    expected = model.eval().predict(**batch, protocol="end_to_end")
+    units = {type(module) for module in model.modules() if type(module).__name__ in model._no_split_modules}
+    if version == 2:
+        for module in [module for module in model.modules() if type(module) in units]:
+            fully_shard(module)
+        sharded = fully_shard(model)
+        with pytest.raises(RuntimeError):  # the root's weights are DTensor shards outside forward
+            model.predict(**batch, protocol="end_to_end")
+    else:
+        sharded = FullyShardedDataParallel(
+            model, auto_wrap_policy=ModuleWrapPolicy(units), device_id=torch.device("cpu"), use_orig_params=True
+        )
+    with full_parameters(sharded):
+        assert model.predict(**batch, protocol="end_to_end") == expected
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_full_parameters_lets_predict_decode_an_fsdp_sharded_model(tmp_path, version):
+    torch.multiprocessing.spawn(_predict_sharded, args=(str(tmp_path / "store"), version), nprocs=2)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
