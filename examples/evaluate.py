@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import datasets
 import matplotlib
 import numpy as np
 from accelerate import Accelerator
@@ -45,7 +46,11 @@ PROTOCOLS = ("gold_pairs", "end_to_end")
 @dataclass
 class EvalArguments:
     model_dir: str = field(metadata={"help": "A folder written by train.py (model, processor, manifest)."})
-    split: str = field(default="test", metadata={"help": "train, validation or test (see train.py's split flags)."})
+    split: str = field(
+        default="test",
+        metadata={"help": "train, validation or test (see train.py's split flags), or several joined by +, as in "
+                  "datasets: validation+test."},
+    )
     output_dir: str | None = field(default=None, metadata={"help": "Default: <model_dir>/evaluation."})
     sweep_ratios: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     sweep_protocol: Literal["gold_pairs", "end_to_end"] = field(default="gold_pairs", metadata={"help": "Protocol of the sweep and the per-type F1."})
@@ -56,6 +61,11 @@ def decode(accelerator, model, processor, rows, modes: dict, protocol: str, batc
     """Predictions and references of `rows`, each with its assigned modality dropped."""
     loader = DataLoader(rows, batch_size=batch_size, collate_fn=ModalityCollator(processor, modes, True))
     return predict_split(accelerator, model, accelerator.prepare(loader), protocol, progress=False)
+
+
+def joined(manifest: dict[str, dict[str, str]], names: list[str]) -> dict[str, str]:
+    """The modality of every document of the named splits of a manifest (ids are unique across splits)."""
+    return {doc_id: mode for name in names for doc_id, mode in manifest[name].items()}
 
 
 def relation_type_f1(predictions: list[dict], references: list[dict], relation_types: list[str]) -> dict:
@@ -107,14 +117,16 @@ def main() -> None:
     processor = AutoProcessor.from_pretrained(model_dir)
     with accelerator.main_process_first():
         splits = load_splits(data_args, output_dir)
-    if args.split not in splits:
-        raise ValueError(f"--split {args.split!r} is not in the data (splits: {sorted(splits)})")
-    rows = splits[args.split]
-    split_ids = {args.split: list(rows["id"])}
+    names = args.split.split("+")
+    if any(name not in splits for name in names):
+        raise ValueError(f"--split {args.split!r}: not every split is in the data (splits: {sorted(splits)})")
+    rows = datasets.concatenate_datasets([splits[name] for name in names])
+    split_ids = {name: list(splits[name]["id"]) for name in names}
     if data_args.modality_manifest:
-        modes = load_manifest(data_args.modality_manifest, split_ids)[args.split]
+        modes = joined(load_manifest(data_args.modality_manifest, split_ids), names)
     else:
-        modes = build_modality_manifest(split_ids, data_args.missing_modality_ratio, data_args.modality_seed)[args.split]
+        manifest = build_modality_manifest(split_ids, data_args.missing_modality_ratio, data_args.modality_seed)
+        modes = joined(manifest, names)
 
     report = {"split": args.split, "documents": len(rows), "protocols": {}, "missing_ratio_sweep": {}}
     batch_size = args.per_device_eval_batch_size
@@ -125,7 +137,7 @@ def main() -> None:
         if protocol == args.sweep_protocol:
             report["relation_type_f1"] = relation_type_f1(predictions, references, processor.relation_types)
     for ratio in args.sweep_ratios:
-        swept = build_modality_manifest(split_ids, ratio, data_args.modality_seed)[args.split]
+        swept = joined(build_modality_manifest(split_ids, ratio, data_args.modality_seed), names)
         decoded = decode(accelerator, model, processor, rows, swept, args.sweep_protocol, batch_size)
         counts = {f"documents_{mode}": list(swept.values()).count(mode) for mode in MODALITY_MODES}
         report["missing_ratio_sweep"][f"{ratio:g}"] = {**counts, **flatten_scores(m3d_scores(*decoded))}

@@ -25,7 +25,7 @@ def test_evaluate_script_writes_scores_sweep_and_plots(tmp_path):
     processor.save_pretrained(tmp_path / "model")
     output = tmp_path / "evaluation"
     command = [sys.executable, str(ROOT / "examples" / "evaluate.py"), "--model_dir", str(tmp_path / "model"),
-               "--dataset_dir", str(data_dir), "--split", "test", "--output_dir", str(output),
+               "--dataset_dir", str(data_dir), "--split", "validation+test", "--output_dir", str(output),
                "--sweep_ratios", "0", "0.5", "1", "--missing_modality_ratio", "0.5",
                "--cache_dir", str(tmp_path / "cache")]  # fmt: skip
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
@@ -33,7 +33,7 @@ def test_evaluate_script_writes_scores_sweep_and_plots(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
     report = json.loads((output / "evaluation.json").read_text())
-    assert report["split"] == "test" and report["documents"] == 4
+    assert report["split"] == "validation+test" and report["documents"] == 8  # 4 + 4, as in datasets' split syntax
     for protocol in ("gold_pairs", "end_to_end"):
         scores = report["protocols"][protocol]
         for task in ("ner", "coref", "re", "grounding"):
@@ -42,7 +42,7 @@ def test_evaluate_script_writes_scores_sweep_and_plots(tmp_path):
     assert list(report["missing_ratio_sweep"]) == ["0", "0.5", "1"]
     counts = {ratio: [point[f"documents_{mode}"] for mode in ("full", "text_missing", "video_missing")]
               for ratio, point in report["missing_ratio_sweep"].items()}  # fmt: skip
-    assert counts == {"0": [4, 0, 0], "0.5": [2, 1, 1], "1": [0, 2, 2]}
+    assert counts == {"0": [8, 0, 0], "0.5": [4, 2, 2], "1": [0, 4, 4]}  # each split cut in thirds on its own
     # the sweep point at the run's own ratio repeats the gold_pairs pass: same rows, modalities and model
     same_ratio = {
         k: v for k, v in report["missing_ratio_sweep"]["0.5"].items() if not k.startswith("documents_")
