@@ -118,8 +118,9 @@ def main() -> None:
     with accelerator.main_process_first():
         splits = load_splits(data_args, output_dir)
     names = args.split.split("+")
-    if any(name not in splits for name in names):
-        raise ValueError(f"--split {args.split!r}: not every split is in the data (splits: {sorted(splits)})")
+    missing = [name for name in names if name not in splits]
+    if missing:
+        raise ValueError(f"--split {args.split!r}: {missing} not in the data (splits: {sorted(splits)})")
     rows = datasets.concatenate_datasets([splits[name] for name in names])
     split_ids = {name: list(splits[name]["id"]) for name in names}
     if data_args.modality_manifest:
