@@ -8,43 +8,8 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-ENTITY_TYPES = ["PER", "LOC", "ORG", "TIME"]
-GROUNDING_TYPES = ["PER", "LOC", "ORG"]
-RELATION_TYPES = [
-    "LOC-LOC_contain",
-    "LOC-LOC_nearby",
-    "LOC-TIME_disintegrate",
-    "LOC-TIME_establish",
-    "ORG-LOC_contain",
-    "ORG-LOC_located",
-    "ORG-LOC_nearby",
-    "ORG-ORG_affiliated",
-    "ORG-ORG_nearby",
-    "ORG-TIME_establish",
-    "PER-LOC_birth",
-    "PER-LOC_go_to",
-    "PER-LOC_leave_for",
-    "PER-LOC_located",
-    "PER-LOC_residence",
-    "PER-LOC_work",
-    "PER-ORG_depart",
-    "PER-ORG_go_to",
-    "PER-ORG_leave_for",
-    "PER-ORG_located",
-    "PER-ORG_member",
-    "PER-PER_brother_sister",
-    "PER-PER_colleague",
-    "PER-PER_couple",
-    "PER-PER_employ",
-    "PER-PER_neighbor",
-    "PER-PER_other_relatives",
-    "PER-PER_parents",
-    "PER-PER_peer",
-    "PER-TIME_birth_time",
-    "PER-TIME_death_time",
-    "PER-TIME_depart",
-    "PER-TIME_entry",
-]
+from .schema import ENTITY_TYPES, GROUNDING_TYPES, RELATION_TYPES
+
 FUSIONS = ("dffm", "none", "one_stream", "two_stream")
 GROUNDING_POOLINGS = ("mean", "slots")
 # α of Eq. 24 (the paper does not give its values); the box L1 term is weighted as in DETR.
