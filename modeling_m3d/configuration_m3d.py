@@ -1,26 +1,20 @@
 """M³D model configuration."""
 
-from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Literal
 
-from transformers import AutoConfig, PretrainedConfig
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 from .schema import ENTITY_TYPES, GROUNDING_TYPES, RELATION_TYPES
 
-FUSIONS = ("dffm", "none", "one_stream", "two_stream")
-GROUNDING_POOLINGS = ("mean", "slots")
 # α of Eq. 24 (the paper does not give its values); the box L1 term is weighted as in DETR.
-DEFAULT_LOSS_WEIGHTS = {
-    "ner": 1.0,
-    "coref": 1.0,
-    "relation": 1.0,
-    "grounding_type": 1.0,
-    "grounding_box": 5.0,
-}
-LOSS_TERMS = tuple(DEFAULT_LOSS_WEIGHTS)
+DEFAULT_LOSS_WEIGHTS = {"ner": 1.0, "coref": 1.0, "re": 1.0, "grounding_type": 1.0, "grounding_box": 5.0}
+# Loss-weight keys saved by earlier versions -> their names now.
+_LEGACY_LOSS_TERMS = {"relation": "re"}
 
 
 def default_initializer_range(hidden_size: int) -> float:
@@ -28,39 +22,26 @@ def default_initializer_range(hidden_size: int) -> float:
     return 0.02 * math.sqrt(768 / hidden_size)
 
 
-def _check_type(name: str, value: Any, types: type | tuple[type, ...], allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    # bool is a subclass of int: a flag must not pass as a count, nor a count as a flag.
-    if isinstance(value, bool) != (types is bool) or not isinstance(value, types):
-        raise TypeError(f"M3DConfig: `{name}` must be {types}, got {value!r} ({type(value).__name__}).")
+def _loss_weights(loss_weights: dict[str, float] | None) -> dict[str, float]:
+    """`DEFAULT_LOSS_WEIGHTS` updated with `loss_weights` (legacy keys renamed); unknown keys raise."""
+    given = {_LEGACY_LOSS_TERMS.get(name, name): value for name, value in (loss_weights or {}).items()}
+    unknown = set(given) - set(DEFAULT_LOSS_WEIGHTS)
+    if unknown:
+        raise ValueError(
+            f"M3DConfig: unknown `loss_weights` keys {sorted(unknown)}; expected {tuple(DEFAULT_LOSS_WEIGHTS)}."
+        )
+    return {**DEFAULT_LOSS_WEIGHTS, **{name: float(value) for name, value in given.items()}}
 
 
-def _check_labels(name: str, labels: Any) -> list[str]:
-    if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(x, str) for x in labels):
-        raise TypeError(f"M3DConfig: `{name}` must be a non-empty list of strings, got {labels!r}.")
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"M3DConfig: `{name}` has duplicates: {labels!r}.")
-    return list(labels)
+def _labels(name: str, labels: Sequence[str]) -> list[str]:
+    labels = list(labels)
+    if not labels or len(set(labels)) != len(labels):
+        raise ValueError(f"M3DConfig: `{name}` must be a non-empty list of distinct names, got {labels!r}.")
+    return labels
 
 
-def _build_sub_config(
-    name: str, value: PretrainedConfig | dict | None, default_type: str
-) -> PretrainedConfig:
-    if value is None:
-        return CONFIG_MAPPING[default_type]()
-    if isinstance(value, PretrainedConfig):
-        return value
-    if isinstance(value, dict):
-        value = dict(value)
-        model_type = value.pop("model_type", default_type)
-        if model_type not in CONFIG_MAPPING:
-            raise ValueError(f"M3DConfig: `{name}` has unknown model_type {model_type!r}.")
-        return CONFIG_MAPPING[model_type](**value)
-    raise TypeError(f"M3DConfig: `{name}` must be a config, a dict or None, got {type(value).__name__}.")
-
-
-class M3DConfig(PretrainedConfig):
+@strict
+class M3DConfig(PreTrainedConfig):
     r"""
     Configuration of [`M3DModel`], the hierarchical multimodal extractor of M³D (Section V of the paper): a
     text encoder, a frame encoder, the denoised feature fusion module (DFFM, Eq. 8–12), the missing modality
@@ -103,7 +84,7 @@ class M3DConfig(PretrainedConfig):
             word features. k > 0 (beyond the paper): the chain also gets the element-wise maximum over its
             mentions of the mean of the k words before and of the k words after each mention, where the words
             linking a subject to its object usually are.
-        loss_weights (`dict[str, float]`): α of Eq. 24 over `ner`, `coref`, `relation`, `grounding_type`,
+        loss_weights (`dict[str, float]`): α of Eq. 24 over `ner`, `coref`, `re`, `grounding_type`,
             `grounding_box`; missing keys take the defaults (1.0 each, 5.0 for `grounding_box`).
         vae_kl_weight (`float`, defaults to 1e-3): weight of the VAE KL term; 0 also turns sampling off.
         dropout (`float`, defaults to 0.1): dropout of the fusion module and the heads.
@@ -126,128 +107,62 @@ class M3DConfig(PretrainedConfig):
     ```"""
 
     model_type = "m3d"
-    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="longformer"),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="vit"),
+    }
 
-    def __init__(
-        self,
-        text_config: PretrainedConfig | dict | None = None,
-        vision_config: PretrainedConfig | dict | None = None,
-        entity_types: list[str] | None = None,
-        relation_types: list[str] | None = None,
-        grounding_types: list[str] | None = None,
-        latent_dim: int = 64,
-        prompt_length: int = 64,
-        fusion: str = "dffm",
-        use_mmcm: bool = True,
-        fusion_heads: int = 4,
-        mmcm_kernel_size: int = 3,
-        grounding_slots: int = 10,
-        grounding_none_weight: float = 0.1,
-        grounding_pooling: str = "mean",
-        bilinear_dim: int = 256,
-        relation_context: int = 0,
-        loss_weights: dict[str, float] | None = None,
-        vae_kl_weight: float = 1e-3,
-        dropout: float = 0.1,
-        max_frames: int = 32,
-        text_window_length: int | None = None,
-        text_window_stride: int | None = None,
-        initializer_range: float | None = None,
-        **kwargs,
-    ):
-        self.text_config = _build_sub_config("text_config", text_config, "longformer")
-        self.vision_config = _build_sub_config("vision_config", vision_config, "vit")
-        if initializer_range is None:
-            initializer_range = default_initializer_range(self.text_config.hidden_size)
-        self.entity_types = _check_labels(
-            "entity_types", ENTITY_TYPES if entity_types is None else entity_types
-        )
-        self.relation_types = _check_labels(
-            "relation_types", RELATION_TYPES if relation_types is None else relation_types
-        )
-        self.grounding_types = _check_labels(
-            "grounding_types", GROUNDING_TYPES if grounding_types is None else grounding_types
-        )
-        for name, value in [
-            ("latent_dim", latent_dim),
-            ("prompt_length", prompt_length),
-            ("fusion_heads", fusion_heads),
-            ("mmcm_kernel_size", mmcm_kernel_size),
-            ("grounding_slots", grounding_slots),
-            ("bilinear_dim", bilinear_dim),
-            ("max_frames", max_frames),
-        ]:
-            _check_type(name, value, int)
-            if value < 1:
-                raise ValueError(f"M3DConfig: `{name}` must be >= 1, got {value}.")
-        _check_type("relation_context", relation_context, int)
-        if relation_context < 0:
-            raise ValueError(f"M3DConfig: `relation_context` must be >= 0, got {relation_context}.")
-        for name, value in [
-            ("text_window_length", text_window_length),
-            ("text_window_stride", text_window_stride),
-        ]:
-            _check_type(name, value, int, allow_none=True)
-            if value is not None and value < 1:
-                raise ValueError(f"M3DConfig: `{name}` must be >= 1, got {value}.")
-        for name, value in [
-            ("grounding_none_weight", grounding_none_weight),
-            ("vae_kl_weight", vae_kl_weight),
-            ("dropout", dropout),
-            ("initializer_range", initializer_range),
-        ]:
-            _check_type(name, value, (int, float))
-            if value < 0:
-                raise ValueError(f"M3DConfig: `{name}` must be >= 0, got {value}.")
-        _check_type("use_mmcm", use_mmcm, bool)
-        if fusion not in FUSIONS:
-            raise ValueError(f"M3DConfig: unknown `fusion` {fusion!r}; expected one of {FUSIONS}.")
-        if grounding_pooling not in GROUNDING_POOLINGS:
-            raise ValueError(
-                f"M3DConfig: unknown `grounding_pooling` {grounding_pooling!r}; expected one of {GROUNDING_POOLINGS}."
-            )
-        if latent_dim % fusion_heads:
-            raise ValueError(
-                f"M3DConfig: `fusion_heads` ({fusion_heads}) must divide `latent_dim` ({latent_dim})."
-            )
-        if mmcm_kernel_size % 2 == 0:
-            raise ValueError(f"M3DConfig: `mmcm_kernel_size` must be odd, got {mmcm_kernel_size}.")
-        self.latent_dim = latent_dim
-        self.prompt_length = prompt_length
-        self.fusion = fusion
-        self.use_mmcm = use_mmcm
-        self.fusion_heads = fusion_heads
-        self.mmcm_kernel_size = mmcm_kernel_size
-        self.grounding_slots = grounding_slots
-        self.grounding_none_weight = float(grounding_none_weight)
-        self.grounding_pooling = grounding_pooling
-        self.bilinear_dim = bilinear_dim
-        self.relation_context = relation_context
-        self.loss_weights = self._check_loss_weights(loss_weights)
-        self.vae_kl_weight = float(vae_kl_weight)
-        self.dropout = float(dropout)
-        self.max_frames = max_frames
-        self.text_window_length = text_window_length
-        self.text_window_stride = text_window_stride
-        self.initializer_range = float(initializer_range)
-        super().__init__(**kwargs)
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    entity_types: list[str] | tuple[str, ...] = ENTITY_TYPES
+    relation_types: list[str] | tuple[str, ...] = RELATION_TYPES
+    grounding_types: list[str] | tuple[str, ...] = GROUNDING_TYPES
+    latent_dim: int = 64
+    prompt_length: int = 64
+    fusion: Literal["dffm", "none", "one_stream", "two_stream"] = "dffm"
+    use_mmcm: bool = True
+    fusion_heads: int = 4
+    mmcm_kernel_size: int = 3
+    grounding_slots: int = 10
+    grounding_none_weight: float | int = 0.1
+    grounding_pooling: Literal["mean", "slots"] = "mean"
+    bilinear_dim: int = 256
+    relation_context: int = 0
+    loss_weights: dict[str, float | int] | None = None
+    vae_kl_weight: float | int = 1e-3
+    dropout: float | int = 0.1
+    max_frames: int = 32
+    text_window_length: int | None = None
+    text_window_stride: int | None = None
+    initializer_range: float | int | None = None
 
-    @staticmethod
-    def _check_loss_weights(loss_weights: dict[str, float] | None) -> dict[str, float]:
-        weights = dict(DEFAULT_LOSS_WEIGHTS)
-        if loss_weights is None:
-            return weights
-        if not isinstance(loss_weights, dict):
-            raise TypeError(f"M3DConfig: `loss_weights` must be a dict, got {type(loss_weights).__name__}.")
-        unknown = set(loss_weights) - set(LOSS_TERMS)
-        if unknown:
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.initializer_range is None:
+            self.initializer_range = default_initializer_range(self.text_config.hidden_size)
+        self.entity_types = _labels("entity_types", self.entity_types)
+        self.relation_types = _labels("relation_types", self.relation_types)
+        self.grounding_types = _labels("grounding_types", self.grounding_types)
+        self.loss_weights = _loss_weights(self.loss_weights)
+
+    def validate_architecture(self):
+        """The cross-field checks (`@strict` checks each field's type; this runs after it)."""
+        super().validate_architecture()
+        positive = ["latent_dim", "prompt_length", "fusion_heads", "mmcm_kernel_size", "grounding_slots",
+                    "bilinear_dim", "max_frames", "text_window_length", "text_window_stride"]  # fmt: skip
+        for name in positive:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"M3DConfig: `{name}` must be >= 1, got {getattr(self, name)}.")
+        non_negative = ["relation_context", "grounding_none_weight", "vae_kl_weight", "dropout", "initializer_range"]
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"M3DConfig: `{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.latent_dim % self.fusion_heads:
             raise ValueError(
-                f"M3DConfig: unknown `loss_weights` keys {sorted(unknown)}; expected {LOSS_TERMS}."
+                f"M3DConfig: `fusion_heads` ({self.fusion_heads}) must divide `latent_dim` ({self.latent_dim})."
             )
-        for name, value in loss_weights.items():
-            _check_type(f"loss_weights[{name!r}]", value, (int, float))
-            weights[name] = float(value)
-        return weights
+        if self.mmcm_kernel_size % 2 == 0:
+            raise ValueError(f"M3DConfig: `mmcm_kernel_size` must be odd, got {self.mmcm_kernel_size}.")
 
     @property
     def num_ner_tags(self) -> int:
@@ -260,4 +175,4 @@ class M3DConfig(PretrainedConfig):
         return self.use_mmcm and self.fusion == "dffm"
 
 
-__all__ = ["M3DConfig", "ENTITY_TYPES", "GROUNDING_TYPES", "RELATION_TYPES"]
+__all__ = ["M3DConfig"]

@@ -114,6 +114,29 @@ def select_grounding_slots(
     return rows, frames, best[keep], score[keep], boxes[rows, frames, slots]
 
 
+def chain_mask_of(chain_ids: torch.Tensor) -> torch.Tensor:
+    """(B, C) mask of the chains that exist, C ≥ 1, from per-mention chain ids (B, M) numbered from 0 (-1 = none)."""
+    count = chain_ids.max(1).values + 1 if chain_ids.shape[1] else chain_ids.new_zeros(chain_ids.shape[0])
+    width = max(int(count.max()), 1)
+    return torch.arange(width, device=chain_ids.device) < count[:, None]
+
+
+def first_mention_chain(relation_chain: torch.Tensor, mention_chain: torch.Tensor) -> torch.Tensor:
+    """(B, C): for each chain of `relation_chain`, the `mention_chain` id of its first mention (-1 if none).
+
+    Maps the chains relations are between (gold chains under the gold-pairs protocol) to predicted chains.
+    """
+    batch, mentions = relation_chain.shape
+    width = int(relation_chain.max()) + 1 if relation_chain.numel() else 0
+    positions = torch.arange(mentions, device=relation_chain.device).expand(batch, -1)
+    index = torch.where(relation_chain >= 0, relation_chain, width)
+    first = torch.full((batch, width + 1), mentions, dtype=torch.long, device=relation_chain.device)
+    first = first.scatter_reduce(1, index, positions, "amin")[:, :width]
+    found = first < mentions
+    chains = mention_chain.gather(1, first.clamp(max=max(mentions - 1, 0))) if mentions else first
+    return torch.where(found, chains, -1)
+
+
 def _by_row(rows: Sequence[int], items: Sequence, batch_size: int) -> list[list]:
     grouped = [[] for _ in range(batch_size)]
     for row, item in zip(rows, items, strict=True):
@@ -121,14 +144,14 @@ def _by_row(rows: Sequence[int], items: Sequence, batch_size: int) -> list[list]
     return grouped
 
 
-def entity_dicts(spans: torch.Tensor, batch_size: int, entity_types: Sequence[str]) -> list[list[dict]]:
+def _entity_dicts(spans: torch.Tensor, batch_size: int, entity_types: Sequence[str]) -> list[list[dict]]:
     """(N, 4) `[row, start, end, type]` → per row `[{"start", "end", "type"}]`."""
     items = [{"start": s, "end": e, "type": entity_types[t]} for _, s, e, t in spans.tolist()]
     return _by_row(spans[:, 0].tolist(), items, batch_size)
 
 
-def chain_mentions(spans: torch.Tensor, chain_ids: torch.Tensor) -> list[dict[int, list[list[int]]]]:
-    """Per row, chain index → its mentions `[[start, end], …]` (mentions with chain id -1 are left out)."""
+def _chain_mentions(spans: torch.Tensor, chain_ids: torch.Tensor) -> list[dict[int, list[list[int]]]]:
+    """Per row, chain id → its mentions `[[start, end], …]` in mention order (ids -1 are left out)."""
     rows, positions = (chain_ids >= 0).nonzero(as_tuple=True)
     chains = [{} for _ in range(chain_ids.shape[0])]
     for row, chain, span in zip(
@@ -138,45 +161,69 @@ def chain_mentions(spans: torch.Tensor, chain_ids: torch.Tensor) -> list[dict[in
     return chains
 
 
-def relation_dicts(
-    relations: torch.Tensor, mentions: list[dict[int, list[list[int]]]], relation_types: Sequence[str]
-) -> list[list[dict]]:
-    """(N, 4) `[row, subject, object, type]` → per row `[{"subject": mentions, "object": mentions,
-    "type"}]`."""
+def _relation_dicts(decoded, relation_types: Sequence[str]) -> list[list[dict]]:
+    """`decoded.relations` `[row, subject, object, type]` → per row `[{"subject": mentions, "object": mentions,
+    "type", "subject_chain", "object_chain"}]`, the chains indexing the row's predicted chains."""
+    mentions = _chain_mentions(decoded.mention_spans, decoded.relation_chain)
+    predicted = first_mention_chain(decoded.relation_chain, decoded.mention_chain).tolist()
     items = [
-        {"subject": mentions[row][s], "object": mentions[row][o], "type": relation_types[t]}
-        for row, s, o, t in relations.tolist()
+        {
+            "subject": mentions[row][s],
+            "object": mentions[row][o],
+            "type": relation_types[t],
+            "subject_chain": predicted[row][s],
+            "object_chain": predicted[row][o],
+        }
+        for row, s, o, t in decoded.relations.tolist()
     ]
-    return _by_row(relations[:, 0].tolist(), items, len(mentions))
+    return _by_row(decoded.relations[:, 0].tolist(), items, len(mentions))
 
 
-def grounding_dicts(
-    selected: tuple[torch.Tensor, ...], batch_size: int, grounding_types: Sequence[str]
+def _grounding_dicts(
+    decoded, frame_indices: torch.Tensor | None, grounding_types: Sequence[str]
 ) -> list[list[dict]]:
-    """Output of [`select_grounding_slots`] → per row `[{"frame", "type", "box", "score"}]`."""
-    rows, frames, types, scores, boxes = (x.tolist() for x in selected)
+    """The selected grounding slots → per row `[{"frame", "type", "box", "score"}]`, `frame` indexing the row's own
+    frames through `frame_indices` (B, F) when given."""
+    rows, frames = decoded.grounding_rows, decoded.grounding_frames
+    if frame_indices is not None:
+        frames = frame_indices.to(frames.device)[rows, frames]
     items = [
         {"frame": f, "type": grounding_types[t], "box": b, "score": s}
-        for f, t, s, b in zip(frames, types, scores, boxes, strict=True)
+        for f, t, s, b in zip(
+            frames.tolist(),
+            decoded.grounding_types.tolist(),
+            decoded.grounding_scores.tolist(),
+            decoded.grounding_boxes.tolist(),
+            strict=True,
+        )
     ]
-    return _by_row(rows, items, batch_size)
+    return _by_row(rows.tolist(), items, decoded.mention_spans.shape[0])
 
 
-def remap_words(document: dict, word_to_token: Sequence[int]) -> dict:
-    """Maps a decoded document's word spans `[start, end)` to token spans through `word_to_token`."""
-
-    def span(mention: Sequence[int]) -> list[int]:
-        return [word_to_token[mention[0]], word_to_token[mention[1] - 1] + 1]
-
-    return {
-        "entities": [
-            {**x, "start": word_to_token[x["start"]], "end": word_to_token[x["end"] - 1] + 1}
-            for x in document["entities"]
-        ],
-        "chains": [[span(m) for m in chain] for chain in document["chains"]],
-        "relations": [
-            {**r, "subject": [span(m) for m in r["subject"]], "object": [span(m) for m in r["object"]]}
-            for r in document["relations"]
-        ],
-        "groundings": document["groundings"],
-    }
+def documents_from_decoded(
+    decoded,
+    frame_indices: torch.Tensor | None,
+    entity_types: Sequence[str],
+    relation_types: Sequence[str],
+    grounding_types: Sequence[str],
+) -> list[dict]:
+    """An `M3DDecoderOutput` → one document per row: `entities`, `chains` (predicted chains, as mention lists,
+    numbered as `decoded.mention_chain`), `relations` (with the indices of their predicted chains) and
+    `groundings` (frames of the row, through `frame_indices`), in the metric formats of DESIGN §4."""
+    batch = decoded.mention_spans.shape[0]
+    chains = _chain_mentions(decoded.mention_spans, decoded.mention_chain)
+    return [
+        {
+            "entities": entities,
+            "chains": list(clusters.values()),
+            "relations": relations,
+            "groundings": groundings,
+        }
+        for entities, clusters, relations, groundings in zip(
+            _entity_dicts(decoded.entities, batch, entity_types),
+            chains,
+            _relation_dicts(decoded, relation_types),
+            _grounding_dicts(decoded, frame_indices, grounding_types),
+            strict=True,
+        )
+    ]

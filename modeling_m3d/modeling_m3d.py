@@ -1,16 +1,22 @@
-"""PyTorch M³D model: hierarchical text/frame encoding, DFFM, MMCM and the four task heads (paper Section
-V)."""
+"""PyTorch M³D model (paper Section V): hierarchical text and frame encoding, the DFFM with the MMCM, and the
+four task heads.
+
+The file reads like the paper: level features (Eq. 7) → the VAE bottleneck and one DFFM level (Eq. 8–10) → the
+level sum (Eq. 11) → one DFFM direction → the two-direction DFFM (Eq. 8–12) and the Table III baseline fusions →
+the MMCM (Eq. 13–14) and blank filling → the entity, pair and grounding heads (Eq. 15–18) →
+`M3DPreTrainedModel` → `M3DModel`. The criterion (Eq. 19–24) is `loss_m3d`, the tensor decoding (Viterbi,
+connected components, slot selection) is `decoding_m3d`, and turning decoded tensors into documents is the
+processor's `post_process_extraction`.
+"""
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchcrf import CRF
 from transformers import AutoConfig, AutoModel, PreTrainedModel
@@ -21,40 +27,39 @@ from transformers.utils import ModelOutput
 from .configuration_m3d import M3DConfig
 from .decoding_m3d import (
     bio_tags_to_spans,
-    chain_mentions,
+    chain_mask_of,
     connected_components,
     coref_adjacency,
     decode_relations,
-    entity_dicts,
-    grounding_dicts,
+    documents_from_decoded,
     pad_spans,
-    relation_dicts,
-    remap_words,
     select_grounding_slots,
     viterbi_decode,
 )
+from .loss_m3d import M3DLoss
+from .schema import check_protocol
 
 NUM_LEVELS = 3  # low, middle, high (Eq. 7)
-_MATCH_BLOCKED = 1e4  # Hungarian cost between a slot and a box of another frame
 
 
 @dataclass
 class M3DModelOutput(ModelOutput):
     """
-    Output of [`M3DModel`]. Losses are present when the matching labels were given; `loss` is Eq. 24 plus
-    `vae_kl_weight` times the KL term.
+    Output of [`M3DModel.forward`]. Losses are present when the batch carries the matching labels.
 
     Args:
-        loss, ner_loss, coref_loss, relation_loss, grounding_loss, grounding_type_loss, grounding_box_loss,
-        kl_loss:
-            scalars; `grounding_loss` is `grounding_type_loss + grounding_box_loss` (Eq. 22 + Eq. 23),
-            unweighted.
-        ner_logits (`(B, W, num_tags)`): CRF emissions (Eq. 15).
-        coref_logits (`(B, E, E, 2)`): entity-pair scores (Eq. 16), when `entity_spans` are given.
-        relation_logits (`(B, C, C, R + 1)`): chain-pair scores, class 0 = no relation (Eq. 17).
-        grounding_logits (`(B, F, S, G + 1)`): per-slot type scores, last class = none (Eq. 18).
+        loss (`torch.FloatTensor` of shape `()`): Eq. 24 plus `vae_kl_weight` times `kl_loss`.
+        ner_loss, coref_loss, re_loss, grounding_type_loss, grounding_box_loss (`torch.FloatTensor` of shape `()`):
+            the unweighted task terms (Eq. 19–23).
+        grounding_loss (`torch.FloatTensor` of shape `()`): `grounding_type_loss + grounding_box_loss`.
+        kl_loss (`torch.FloatTensor` of shape `()`): mean KL divergence of the DFFM's VAE codes (0 without it).
+        ner_logits (`(B, W, 1 + 2·|entity_types|)`): CRF emissions per word (Eq. 15).
+        coref_logits (`(B, E, E, 2)`): mention-pair scores (Eq. 16), when `entity_spans` are given.
+        re_logits (`(B, C, C, 1 + |relation_types|)`): chain-pair scores [subject, object], class 0 = no relation
+            (Eq. 17), when `entity_chain` is given too.
+        grounding_logits (`(B, F, S, |grounding_types| + 1)`): per-slot type scores, last class = none (Eq. 18).
         grounding_boxes (`(B, F, S, 4)`): per-slot boxes (cx, cy, w, h), sigmoid-normalised (Eq. 18).
-        text_features (`(B, W, d_h)`): H^{g→x} per word (Eq. 11).
+        text_features (`(B, W, d_h)`): H^{g→x} per word (Eq. 11), normalised, as the heads read it.
         frame_features (`(B, F, d_h)`): H^{x→g} per frame (Eq. 12); per patch, `(B, F, P, d_h)`, with
             `config.grounding_pooling="slots"`.
     """
@@ -62,18 +67,112 @@ class M3DModelOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     ner_loss: torch.FloatTensor | None = None
     coref_loss: torch.FloatTensor | None = None
-    relation_loss: torch.FloatTensor | None = None
+    re_loss: torch.FloatTensor | None = None
     grounding_loss: torch.FloatTensor | None = None
     grounding_type_loss: torch.FloatTensor | None = None
     grounding_box_loss: torch.FloatTensor | None = None
     kl_loss: torch.FloatTensor | None = None
     ner_logits: torch.FloatTensor | None = None
     coref_logits: torch.FloatTensor | None = None
-    relation_logits: torch.FloatTensor | None = None
+    re_logits: torch.FloatTensor | None = None
     grounding_logits: torch.FloatTensor | None = None
     grounding_boxes: torch.FloatTensor | None = None
     text_features: torch.FloatTensor | None = None
     frame_features: torch.FloatTensor | None = None
+
+
+@dataclass
+class M3DDecoderOutput(ModelOutput):
+    """
+    Output of [`M3DModel.decode`]: the decoded batch, as tensors; [`M3DProcessor.post_process_extraction`] turns
+    it into one document per row. Word spans are `[start, end)` over the batch's words.
+
+    Args:
+        entities (`torch.LongTensor` of shape `(N, 4)`): CRF entities (Eq. 15), rows `[row, start, end, type]`
+            ordered by row then start; `type` indexes `config.entity_types`.
+        mention_spans (`torch.LongTensor` of shape `(B, M, 2)`): the mentions chains and relations are over: the
+            gold `entity_spans` (protocol `"gold_pairs"`) or the predicted entities (`"end_to_end"`).
+        mention_mask (`torch.BoolTensor` of shape `(B, M)`): real mentions.
+        mention_chain (`torch.LongTensor` of shape `(B, M)`): predicted chain of each mention, the connected
+            components of the positive coreference pairs (Eq. 16), numbered 0, 1, … per row; -1 on padding.
+        relation_chain (`torch.LongTensor` of shape `(B, M)`): the chains relations are between: the gold
+            `entity_chain` (`"gold_pairs"`) or `mention_chain` (`"end_to_end"`).
+        relations (`torch.LongTensor` of shape `(R, 4)`): `[row, subject, object, type]`, subject and object
+            numbered as in `relation_chain`, `type` indexing `config.relation_types` (Eq. 17).
+        grounding_rows, grounding_frames, grounding_types (`torch.LongTensor` of shape `(G,)`): the selected
+            grounding slots' row, frame (index among the batch's frames of that row) and type.
+        grounding_scores (`torch.FloatTensor` of shape `(G,)`): their type probability.
+        grounding_boxes (`torch.FloatTensor` of shape `(G, 4)`): their boxes (cx, cy, w, h) in [0, 1] (Eq. 18).
+    """
+
+    entities: torch.LongTensor | None = None
+    mention_spans: torch.LongTensor | None = None
+    mention_mask: torch.BoolTensor | None = None
+    mention_chain: torch.LongTensor | None = None
+    relation_chain: torch.LongTensor | None = None
+    relations: torch.LongTensor | None = None
+    grounding_rows: torch.LongTensor | None = None
+    grounding_frames: torch.LongTensor | None = None
+    grounding_types: torch.LongTensor | None = None
+    grounding_scores: torch.FloatTensor | None = None
+    grounding_boxes: torch.FloatTensor | None = None
+
+
+@dataclass
+class M3DLevels:
+    """An encoder's output H (Eq. 5/6) and its low, middle and high features H_l, H_m, H_h (Eq. 7), each of the
+    same shape: `(B, W, d_h)` for words, `(B, F, P, d_h)` for frame patches."""
+
+    output: torch.Tensor
+    low: torch.Tensor
+    middle: torch.Tensor
+    high: torch.Tensor
+
+    @classmethod
+    def from_stack(cls, stack: torch.Tensor) -> M3DLevels:
+        """From a `(4, ...)` stack in field order (how the encoders' windows and words are pooled at once)."""
+        return cls(*stack.unbind(0))
+
+    @property
+    def levels(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.low, self.middle, self.high
+
+
+@dataclass
+class M3DKeys:
+    """The level features of one modality as the keys of a DFFM direction: `levels` (low, middle, high), each
+    `(B, L, d_h)`, and `mask` `(B, L)` (True = a position to attend to). For rows missing the modality, the
+    MMCM's generated features (Eq. 13–14) or blank ones."""
+
+    levels: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    mask: torch.Tensor
+
+
+@dataclass
+class M3DModalities:
+    """What every fusion reads: the words' and the frame patches' level features with their masks, and both
+    modalities as keys (completed for the rows that miss one)."""
+
+    text: M3DLevels  # (B, W, d_h) each
+    word_mask: torch.Tensor  # (B, W) bool
+    frames: M3DLevels  # (B, F, P, d_h) each
+    frame_mask: torch.Tensor  # (B, F) bool
+    text_keys: M3DKeys
+    frame_keys: M3DKeys
+
+    @property
+    def patch_mask(self) -> torch.Tensor:
+        """(B, F·P): the frame mask repeated over each frame's patches."""
+        return repeat_over_patches(self.frame_mask, self.frames.output.shape[2])
+
+
+@dataclass
+class M3DFusionOutput:
+    """A fusion's result: words `(B, W, d_h)`, frame patches `(B, F, P, d_h)`, and the KL term (a scalar)."""
+
+    text: torch.Tensor
+    frames: torch.Tensor
+    kl: torch.Tensor
 
 
 def _segment_rows(index: torch.Tensor, num_segments: int) -> torch.Tensor:
@@ -125,6 +224,11 @@ def span_mean(features: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
     return (end_sum - start_sum) / length
 
 
+def repeat_over_patches(frame_mask: torch.Tensor, patches: int) -> torch.Tensor:
+    """(B, F) frame mask → (B, F·P), each frame's value repeated over its `patches` patches."""
+    return frame_mask.repeat_interleave(patches, dim=1)
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` where `mask` holds (0 when nothing does)."""
     mask = mask.to(values.dtype)
@@ -158,7 +262,7 @@ def _pretrained_encoder(name_or_path: str) -> PreTrainedModel:
 class M3DHierarchicalFeatures(nn.Module):
     """Low, middle and high features as means over thirds of the encoder layers (Eq. 7).
 
-    Returns a stack `(4, ...)`: the encoder output H (Eq. 5/6) followed by H_l, H_m and H_h.
+    Returns a `(4, ...)` stack in the field order of [`M3DLevels`]: H (Eq. 5/6), H_l, H_m, H_h.
     """
 
     def __init__(self, num_layers: int):
@@ -254,43 +358,39 @@ class M3DDirectedFusion(nn.Module):
         self.mix = M3DLevelSum(hidden)
 
     def forward(
-        self, query: torch.Tensor, query_mask: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor
+        self, query: torch.Tensor, query_mask: torch.Tensor, keys: M3DKeys
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """query (B, Lq, d_h); keys (3, B, Lk, d_h) one per level → (B, Lq, d_h), mean KL."""
+        """query (B, Lq, d_h) attends to each level of `keys` → (B, Lq, d_h), mean KL."""
         fused, kls = zip(
-            *(level(query, query_mask, k, key_mask) for level, k in zip(self.levels, keys, strict=True)),
+            *(
+                level(query, query_mask, k, keys.mask)
+                for level, k in zip(self.levels, keys.levels, strict=True)
+            ),
             strict=True,
         )
         return self.mix(torch.cat([*fused, query], dim=-1)), torch.stack(kls).mean()
 
 
 class M3DDenoisedFusion(nn.Module):
-    """DFFM (Eq. 8–12): frames into text (g→x, Eq. 11) and text into frames (x→g per patch; the mean over
-    patches and the frame position embedding of Eq. 12 are applied by the model)."""
+    """DFFM (Eq. 8–12): frames into text (g→x, Eq. 11: the words attend to the frame levels) and text into frames
+    (x→g: the patches attend to the text levels); the mean over patches and the frame position embedding of
+    Eq. 12 are applied by the model."""
 
     def __init__(self, config: M3DConfig):
         super().__init__()
         self.frames_into_text = M3DDirectedFusion(config)
         self.text_into_frames = M3DDirectedFusion(config)
 
-    def forward(
-        self,
-        words: torch.Tensor,
-        word_mask: torch.Tensor,
-        patches: torch.Tensor,
-        frame_mask: torch.Tensor,
-        frame_keys: tuple[torch.Tensor, torch.Tensor],
-        text_keys: tuple[torch.Tensor, torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """words (B, W, d_h); patches (B, F, P, d_h); keys are (levels (3, B, L, d_h), mask (B, L)).
-
-        Returns H^{g→x} (B, W, d_h), H^{x→g} per patch (B, F, P, d_h) and the mean KL term.
-        """
+    def forward(self, inputs: M3DModalities) -> M3DFusionOutput:
+        patches = inputs.frames.output
         batch, frames, patch_count, hidden = patches.shape
-        text, kl_text = self.frames_into_text(words, word_mask, *frame_keys)
-        patch_mask = frame_mask[:, :, None].expand(-1, -1, patch_count).reshape(batch, -1)
-        fused, kl_frames = self.text_into_frames(patches.reshape(batch, -1, hidden), patch_mask, *text_keys)
-        return text, fused.view(batch, frames, patch_count, hidden), (kl_text + kl_frames) / 2
+        text, kl_text = self.frames_into_text(inputs.text.output, inputs.word_mask, inputs.frame_keys)
+        fused, kl_frames = self.text_into_frames(
+            patches.reshape(batch, -1, hidden), inputs.patch_mask, inputs.text_keys
+        )
+        return M3DFusionOutput(
+            text, fused.view(batch, frames, patch_count, hidden), (kl_text + kl_frames) / 2
+        )
 
 
 class M3DOneStreamFusion(nn.Module):
@@ -305,20 +405,21 @@ class M3DOneStreamFusion(nn.Module):
             hidden, config.text_config.num_attention_heads, 4 * hidden, config.dropout, batch_first=True
         )
 
-    def forward(
-        self, words: torch.Tensor, word_mask: torch.Tensor, patches: torch.Tensor, frame_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """words (B, W, d_h), patches (B, F, P, d_h) → words (B, W, d_h), patches (B, F, P, d_h)."""
+    def forward(self, inputs: M3DModalities) -> M3DFusionOutput:
+        words, patches = inputs.text.output, inputs.frames.output
         batch, frames, patch_count, hidden = patches.shape
-        patch_mask = frame_mask[:, :, None].expand(-1, -1, patch_count).reshape(batch, -1)
         sequence = torch.cat(
             [words + self.modality.weight[0], patches.reshape(batch, -1, hidden) + self.modality.weight[1]], 1
         )
-        mask = torch.cat([word_mask, patch_mask], dim=1)
+        mask = torch.cat([inputs.word_mask, inputs.patch_mask], dim=1)
         mask[:, 0] |= ~mask.any(1)  # a row with neither modality attends to one blank position
         out = self.layer(sequence, src_key_padding_mask=~mask)
         num_words = words.shape[1]
-        return out[:, :num_words], out[:, num_words:].view(batch, frames, patch_count, hidden)
+        return M3DFusionOutput(
+            out[:, :num_words],
+            out[:, num_words:].view(batch, frames, patch_count, hidden),
+            words.new_zeros(()),
+        )
 
 
 class M3DTwoStreamFusion(nn.Module):
@@ -336,21 +437,30 @@ class M3DTwoStreamFusion(nn.Module):
             hidden, heads, 4 * hidden, config.dropout, batch_first=True
         )
 
-    def forward(
-        self, words: torch.Tensor, word_mask: torch.Tensor, patches: torch.Tensor, frame_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """words (B, W, d_h), patches (B, F, P, d_h) → words (B, W, d_h), patches (B, F, P, d_h)."""
+    def forward(self, inputs: M3DModalities) -> M3DFusionOutput:
+        words, patches = inputs.text.output, inputs.frames.output
         batch, frames, patch_count, hidden = patches.shape
         flat = patches.reshape(batch, -1, hidden)
-        patch_mask = frame_mask[:, :, None].expand(-1, -1, patch_count).reshape(batch, -1)
-        blank = lambda mask: mask | ~mask.any(1, keepdim=True)  # noqa: E731
+        word_mask, patch_mask = _attend_blank(inputs.word_mask), _attend_blank(inputs.patch_mask)
         text = self.frames_into_text(
-            words, flat, tgt_key_padding_mask=~blank(word_mask), memory_key_padding_mask=~blank(patch_mask)
+            words, flat, tgt_key_padding_mask=~word_mask, memory_key_padding_mask=~patch_mask
         )
         fused = self.text_into_frames(
-            flat, words, tgt_key_padding_mask=~blank(patch_mask), memory_key_padding_mask=~blank(word_mask)
+            flat, words, tgt_key_padding_mask=~patch_mask, memory_key_padding_mask=~word_mask
         )
-        return text, fused.view(batch, frames, patch_count, hidden)
+        return M3DFusionOutput(text, fused.view(batch, frames, patch_count, hidden), words.new_zeros(()))
+
+
+class M3DNoFusion(nn.Module):
+    """The w/o-DFFM ablation (Table IV): the heads read the encoders' last layer as it is."""
+
+    def forward(self, inputs: M3DModalities) -> M3DFusionOutput:
+        return M3DFusionOutput(inputs.text.output, inputs.frames.output, inputs.text.output.new_zeros(()))
+
+
+def _attend_blank(mask: torch.Tensor) -> torch.Tensor:
+    """A key mask where a row with no real position attends to all its (blank) positions instead of none."""
+    return mask | ~mask.any(1, keepdim=True)
 
 
 class M3DMissingModalityConstruction(nn.Module):
@@ -368,26 +478,66 @@ class M3DMissingModalityConstruction(nn.Module):
             nn.Conv1d(hidden, hidden, width, padding=width // 2) for _ in range(NUM_LEVELS)
         )
 
-    def forward(self, source: torch.Tensor, source_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """source (B, L, d_h), mask (B, L) → generated levels (3, B, l_p + L, d_h) and mask (B, l_p + L)."""
+    def forward(self, source: torch.Tensor, source_mask: torch.Tensor) -> M3DKeys:
+        """source (B, L, d_h) = the present modality's H, mask (B, L) → generated levels (B, l_p + L, d_h) each."""
         batch = source.shape[0]
         mask = source_mask[..., None].to(source.dtype)
         convolved = F.relu(self.source((source * mask).transpose(1, 2))).transpose(1, 2) * mask
-        levels = [
+        levels = tuple(
             F.relu(
                 conv(torch.cat([prompt.expand(batch, -1, -1), convolved], dim=1).transpose(1, 2))
             ).transpose(1, 2)
             for prompt, conv in zip(self.prompts, self.levels, strict=True)
-        ]
+        )
         prompt_mask = source_mask.new_ones(batch, self.prompts.shape[1])
-        return torch.stack(levels), torch.cat([prompt_mask, source_mask], dim=1)
+        return M3DKeys(levels, torch.cat([prompt_mask, source_mask], dim=1))
+
+    def complete(
+        self, keys: M3DKeys, present: torch.Tensor, source: torch.Tensor, source_mask: torch.Tensor
+    ) -> M3DKeys:
+        """`keys` with the rows where the modality is absent (`present` (B,) False) replaced by generated ones;
+        both are padded to the longer length."""
+        if present.all():
+            return keys
+        generated = self(source, source_mask)
+        length = max(keys.mask.shape[1], generated.mask.shape[1])
+        real, made = (_pad_keys(k, length) for k in (keys, generated))
+        levels = tuple(
+            torch.where(present[:, None, None], a, b) for a, b in zip(real.levels, made.levels, strict=True)
+        )
+        return M3DKeys(levels, torch.where(present[:, None], real.mask, made.mask))
 
 
-_FUSIONS = {"dffm": M3DDenoisedFusion, "one_stream": M3DOneStreamFusion, "two_stream": M3DTwoStreamFusion}
+class M3DBlankModality(nn.Module):
+    """The w/o-MMCM ablation (Table IV): a missing modality's keys are blank (zero) features, all attended to."""
+
+    def complete(
+        self, keys: M3DKeys, present: torch.Tensor, source: torch.Tensor, source_mask: torch.Tensor
+    ) -> M3DKeys:
+        if present.all():
+            return keys
+        levels = tuple(level * present[:, None, None] for level in keys.levels)
+        return M3DKeys(levels, keys.mask | ~present[:, None])
+
+
+def _pad_keys(keys: M3DKeys, length: int) -> M3DKeys:
+    """Keys padded (zero features, masked out) to `length` positions."""
+    pad = length - keys.mask.shape[1]
+    return M3DKeys(
+        tuple(F.pad(x, (0, 0, 0, pad)) for x in keys.levels), F.pad(keys.mask, (0, pad), value=False)
+    )
+
+
+_FUSIONS = {
+    "dffm": M3DDenoisedFusion,
+    "none": lambda config: M3DNoFusion(),
+    "one_stream": M3DOneStreamFusion,
+    "two_stream": M3DTwoStreamFusion,
+}
 
 
 class M3DEntityHead(nn.Module):
-    """BIO tagging over words: a linear layer and a CRF (Eq. 15), trained with the CRF likelihood (Eq. 19)."""
+    """BIO tagging over words: a linear layer and a CRF (Eq. 15); its likelihood (Eq. 19) is in `loss_m3d`."""
 
     def __init__(self, config: M3DConfig):
         super().__init__()
@@ -396,18 +546,6 @@ class M3DEntityHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.emissions(features)
-
-    def loss(self, emissions: torch.Tensor, word_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Token-mean negative log-likelihood over the rows that have text (the CRF needs a first word)."""
-        rows = word_mask[:, 0]
-        if not rows.any():
-            return emissions.sum() * 0
-        tags = labels[rows].clamp(min=0)
-        return -self.crf(emissions[rows], tags, mask=word_mask[rows], reduction="token_mean")
-
-    def decode(self, emissions: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-        """Viterbi tags (B, W), 0 (= O) outside words."""
-        return viterbi_decode(self.crf, emissions, word_mask)
 
 
 class M3DPairClassifier(nn.Module):
@@ -435,8 +573,8 @@ class M3DPairClassifier(nn.Module):
 
 
 class M3DGroundingHead(nn.Module):
-    """Per frame, `grounding_slots` slots each with type-or-none logits and a sigmoid box (Eq. 18), trained
-    after Hungarian matching of slots to boxes with cross-entropy (Eq. 22) and L1 (Eq. 23).
+    """Per frame, `grounding_slots` slots each with type-or-none logits and a sigmoid box (Eq. 18); trained
+    after Hungarian matching of slots to boxes (Eq. 22–23, `loss_m3d`).
 
     With `config.grounding_pooling="mean"` (the paper's), the slots are linear layers on the patch-averaged
     frame feature (Eq. 12, 18). With `"slots"` (beyond the paper), each slot is a learned query that attends
@@ -449,7 +587,6 @@ class M3DGroundingHead(nn.Module):
         super().__init__()
         hidden = config.text_config.hidden_size
         self.slots, self.num_types = config.grounding_slots, len(config.grounding_types)
-        self.none_weight = config.grounding_none_weight
         self.queries = None
         outputs = self.slots
         if config.grounding_pooling == "slots":
@@ -496,60 +633,6 @@ class M3DGroundingHead(nn.Module):
         features = self.slot_norm(self.queries + weights @ self.value(grid))
         return features, (weights @ self.centres).clamp(1e-4, 1 - 1e-4)
 
-    @torch.no_grad()
-    def match(
-        self,
-        logits: torch.Tensor,
-        boxes: torch.Tensor,
-        target_types: torch.Tensor,
-        target_boxes: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Hungarian matching of all frames at once on a block-diagonal cost (class probability + L1 box).
-
-        Inputs are flattened over real frames: logits (N, S, G+1), boxes (N, S, 4), target_types (N, Gmax)
-        with -100 padding, target_boxes (N, Gmax, 4). Returns matched flat slot indices, target types and
-        target boxes.
-        """
-        frames, slots = logits.shape[:2]
-        target_frame, target_index = (target_types != -100).nonzero(as_tuple=True)
-        types, goal = target_types[target_frame, target_index], target_boxes[target_frame, target_index]
-        cost = -logits.flatten(0, 1).softmax(-1)[:, types] + torch.cdist(boxes.flatten(0, 1), goal, p=1)
-        slot_frame = torch.arange(frames, device=logits.device).repeat_interleave(slots)
-        same_frame = slot_frame[:, None] == target_frame[None]
-        cost = torch.where(same_frame, cost, _MATCH_BLOCKED)
-        rows, cols = linear_sum_assignment(cost.float().cpu().numpy())
-        rows, cols = torch.as_tensor(rows, device=logits.device), torch.as_tensor(cols, device=logits.device)
-        keep = same_frame[rows, cols]
-        return rows[keep], types[cols[keep]], goal[cols[keep]]
-
-    def loss(
-        self,
-        logits: torch.Tensor,
-        boxes: torch.Tensor,
-        frame_mask: torch.Tensor,
-        target_types: torch.Tensor,
-        target_boxes: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Type cross-entropy over all slots of real frames (Eq. 22) and L1 on matched boxes (Eq. 23)."""
-        if not frame_mask.any():
-            zero = logits.sum() * 0 + boxes.sum() * 0
-            return zero, zero
-        logits, boxes = logits[frame_mask], boxes[frame_mask]
-        target_types, target_boxes = target_types[frame_mask], target_boxes[frame_mask]
-        valid = (target_types == -100) | ((target_types >= 0) & (target_types < self.num_types))
-        if not valid.all():
-            raise ValueError(f"grounding_types: type index outside [0, {self.num_types}) or -100.")
-        slots, types, goal = self.match(logits, boxes, target_types, target_boxes)
-        flat_logits = logits.flatten(0, 1)
-        targets = torch.full_like(flat_logits[:, 0], self.num_types, dtype=torch.long).index_put(
-            (slots,), types
-        )
-        weight = flat_logits.new_ones(self.num_types + 1)
-        weight[-1] = self.none_weight
-        type_loss = F.cross_entropy(flat_logits, targets, weight=weight)
-        box_loss = (boxes.flatten(0, 1)[slots] - goal).abs().sum() / max(len(slots), 1)
-        return type_loss, box_loss
-
 
 class M3DPreTrainedModel(PreTrainedModel):
     config_class = M3DConfig
@@ -585,8 +668,9 @@ class M3DModel(M3DPreTrainedModel):
     """
     M³D (Section V): a text encoder (Eq. 5) and a frame encoder (Eq. 6), hierarchical features (Eq. 7), the
     DFFM (Eq. 8–12) with the MMCM for missing modalities (Eq. 13–14), and the NER, coreference, relation and
-    grounding heads (Eq. 15–18) trained with Eq. 19–24. `config.fusion` also selects the w/o-DFFM ablation
-    (`"none"`) and the Table III baselines (`"one_stream"`, `"two_stream"`).
+    grounding heads (Eq. 15–18), trained with Eq. 19–24 (`loss_m3d`). `config.fusion` also selects the
+    w/o-DFFM ablation (`"none"`) and the Table III baselines (`"one_stream"`, `"two_stream"`); `config.use_mmcm`
+    the w/o-MMCM ablation (blank features for a missing modality).
 
     Beyond the paper, the fused text and frame features get a LayerNorm before the heads, which keeps the
     heads' inputs at unit scale whatever the encoder width (tiny test encoders included).
@@ -611,9 +695,10 @@ class M3DModel(M3DPreTrainedModel):
         self.vision_projection = (
             nn.Linear(vision_hidden, hidden) if vision_hidden != hidden else nn.Identity()
         )
-        self.fusion = _FUSIONS[config.fusion](config) if config.fusion != "none" else None
-        self.text_from_frames = M3DMissingModalityConstruction(config) if config.uses_mmcm else None
-        self.frames_from_text = M3DMissingModalityConstruction(config) if config.uses_mmcm else None
+        self.fusion = _FUSIONS[config.fusion](config)
+        missing = M3DMissingModalityConstruction if config.uses_mmcm else lambda config: M3DBlankModality()
+        self.text_from_frames = missing(config)
+        self.frames_from_text = missing(config)
         self.frame_positions = nn.Parameter(torch.empty(config.max_frames, hidden))
         self.text_norm = nn.LayerNorm(hidden)
         self.frame_norm = nn.LayerNorm(hidden)
@@ -623,6 +708,7 @@ class M3DModel(M3DPreTrainedModel):
         relation_inputs = (1 + 2 * (config.relation_context > 0)) * hidden
         self.relation_head = M3DPairClassifier(config, len(config.relation_types) + 1, relation_inputs)
         self.grounding_head = M3DGroundingHead(config)
+        self.criterion = M3DLoss(config)
         self.post_init()
 
     @classmethod
@@ -654,7 +740,7 @@ class M3DModel(M3DPreTrainedModel):
         return length, self.config.text_window_stride or max(length // 2, 1)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Pieces → (4, B, T, d_h): output and level features (Eq. 5, 7).
+        """Pieces → `(4, B, T, d_h)`: output and level features (Eq. 5, 7), stacked as [`M3DLevels`].
 
         A document longer than the encoder's positions is cut into overlapping windows, all encoded in one
         call; each piece's features are the mean over the windows that hold it.
@@ -686,45 +772,47 @@ class M3DModel(M3DPreTrainedModel):
         counts = weight.new_zeros(batch * padded).index_add_(0, positions, weight).clamp(min=1)
         return (summed / counts[:, None]).view(NUM_LEVELS + 1, batch, padded, hidden)[:, :, :length]
 
-    def encode_frames(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """Frames → (4, B, F, P, d_h): patch output and levels (Eq. 6, 7); all real frames in one call."""
+    def encode_words(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_ids: torch.Tensor, num_words: int
+    ) -> M3DLevels:
+        """Word features, each the mean of its pieces' features, per level → `(B, W, d_h)` each."""
+        if word_ids.numel() and int(word_ids.max()) >= num_words:
+            raise ValueError(f"word_ids: index {int(word_ids.max())} >= word_mask width {num_words}.")
+        pieces = self.encode_text(input_ids, attention_mask)
+        levels, batch, tokens, hidden = pieces.shape
+        flat = pieces.permute(1, 2, 0, 3).reshape(batch, tokens, -1)
+        words = segment_mean(flat, word_ids, num_words).view(batch, num_words, levels, hidden)
+        return M3DLevels.from_stack(words.permute(2, 0, 1, 3))
+
+    def encode_frames(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor) -> M3DLevels:
+        """Frames → patch output and levels (Eq. 6, 7), `(B, F, P, d_h)` each; all real frames in one call."""
         batch, frames = frame_mask.shape
+        if frame_mask.shape[1] > self.config.max_frames:
+            raise ValueError(
+                f"frame_mask: {frame_mask.shape[1]} frames > config.max_frames={self.config.max_frames}."
+            )
         hidden = self.config.text_config.hidden_size
         if not frame_mask.any():
-            return pixel_values.new_zeros(NUM_LEVELS + 1, batch, frames, 1, hidden)
+            return M3DLevels.from_stack(pixel_values.new_zeros(NUM_LEVELS + 1, batch, frames, 1, hidden))
         out = self.vision_model(pixel_values=pixel_values[frame_mask], output_hidden_states=True)
         levels = self.vision_projection(self.vision_levels(out.last_hidden_state, out.hidden_states))
         patches = levels.new_zeros(NUM_LEVELS + 1, batch, frames, *levels.shape[2:])
         patches[:, frame_mask] = levels
-        return patches
+        return M3DLevels.from_stack(patches)
 
-    # -- fusion ----------------------------------------------------------------------------------------------
-
-    def _keys(
-        self,
-        levels: torch.Tensor,
-        mask: torch.Tensor,
-        present: torch.Tensor,
-        generator: M3DMissingModalityConstruction | None,
-        source: torch.Tensor,
-        source_mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys for one DFFM direction: the real level features, and for rows where the modality is missing
-        the MMCM-generated ones (Eq. 13–14) or, without the MMCM, blank (zero) features."""
-        if present.all():
-            return levels, mask
-        if generator is None:
-            return levels * present[None, :, None, None], mask | ~present[:, None]
-        generated, generated_mask = generator(source, source_mask)
-        length = max(levels.shape[2], generated.shape[2])
-        levels, generated = (F.pad(x, (0, 0, 0, length - x.shape[2])) for x in (levels, generated))
-        mask, generated_mask = (
-            F.pad(m, (0, length - m.shape[1]), value=False) for m in (mask, generated_mask)
+    def modalities(
+        self, text: M3DLevels, word_mask: torch.Tensor, frames: M3DLevels, frame_mask: torch.Tensor
+    ) -> M3DModalities:
+        """Both modalities with their keys; a row missing one gets it from the MMCM (Eq. 13–14) or blank."""
+        patch_mask = repeat_over_patches(frame_mask, frames.output.shape[2])
+        flat = tuple(level.flatten(1, 2) for level in frames.levels)
+        frame_keys = self.frames_from_text.complete(
+            M3DKeys(flat, patch_mask), frame_mask.any(1), text.output, word_mask
         )
-        return (
-            torch.where(present[None, :, None, None], levels, generated),
-            torch.where(present[:, None], mask, generated_mask),
+        text_keys = self.text_from_frames.complete(
+            M3DKeys(text.levels, word_mask), word_mask.any(1), frames.output.flatten(1, 2), patch_mask
         )
+        return M3DModalities(text, word_mask, frames, frame_mask, text_keys, frame_keys)
 
     def encode(
         self,
@@ -735,78 +823,28 @@ class M3DModel(M3DPreTrainedModel):
         pixel_values: torch.Tensor,
         frame_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encoders, hierarchical features and fusion → text (B, W, d_h), frame features, KL.
+        """Encoders, level features and fusion → the features the heads read: words `(B, W, d_h)`, frames, and
+        the KL term.
 
-        The frame features are H^{x→g} averaged over patches plus the frame position embedding (Eq. 12), (B, F,
-        d_h); with `config.grounding_pooling="slots"` the patches are kept, (B, F, P, d_h), for the slot queries
-        of the grounding head.
+        The frame features are H^{x→g} averaged over patches plus the frame position embedding (Eq. 12),
+        `(B, F, d_h)`; with `config.grounding_pooling="slots"` the patches are kept, `(B, F, P, d_h)`, for the
+        slot queries of the grounding head.
         """
-        batch, num_words = word_mask.shape
-        if word_ids.max() >= num_words:
-            raise ValueError(f"word_ids: index {int(word_ids.max())} >= word_mask width {num_words}.")
-        if frame_mask.shape[1] > self.config.max_frames:
-            raise ValueError(
-                f"frame_mask: {frame_mask.shape[1]} frames > config.max_frames={self.config.max_frames}."
-            )
-        pieces = self.encode_text(input_ids, attention_mask)
-        levels, tokens, hidden = pieces.shape[0], pieces.shape[2], pieces.shape[3]
-        flat = pieces.permute(1, 2, 0, 3).reshape(batch, tokens, -1)
-        words = (
-            segment_mean(flat, word_ids, num_words).view(batch, num_words, levels, hidden).permute(2, 0, 1, 3)
-        )
-        patches = self.encode_frames(pixel_values, frame_mask)
+        text = self.encode_words(input_ids, attention_mask, word_ids, word_mask.shape[1])
+        frames = self.encode_frames(pixel_values, frame_mask)
+        fused = self.fusion(self.modalities(text, word_mask, frames, frame_mask))
         positions = self.frame_positions[: frame_mask.shape[1]]
-        kl = words.new_zeros(())
-        if self.fusion is None:
-            text, frames = words[0], patches[0]
-        elif isinstance(self.fusion, M3DDenoisedFusion):
-            text, frames, kl = self._fuse(words, word_mask, patches, frame_mask)
-        else:
-            text, frames = self.fusion(words[0], word_mask, patches[0], frame_mask)
         if self.config.grounding_pooling == "mean":
-            frames = frames.mean(2)
+            patches = fused.frames.mean(2)
         else:
-            positions = positions[:, None]
-        return self.dropout(self.text_norm(text)), self.dropout(self.frame_norm(frames + positions)), kl
-
-    def _fuse(
-        self, words: torch.Tensor, word_mask: torch.Tensor, patches: torch.Tensor, frame_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """DFFM in both directions, with real, generated (MMCM) or blank keys per row."""
-        batch = word_mask.shape[0]
-        has_text, has_video = word_mask.any(1), frame_mask.any(1)
-        frames_flat = patches.flatten(2, 3)
-        patch_mask = frame_mask[:, :, None].expand(-1, -1, patches.shape[3]).reshape(batch, -1)
-        frame_keys = self._keys(
-            frames_flat[1:], patch_mask, has_video, self.frames_from_text, words[0], word_mask
+            patches, positions = fused.frames, positions[:, None]
+        features = (
+            self.dropout(self.text_norm(fused.text)),
+            self.dropout(self.frame_norm(patches + positions)),
         )
-        text_keys = self._keys(
-            words[1:], word_mask, has_text, self.text_from_frames, frames_flat[0], patch_mask
-        )
-        return self.fusion(words[0], word_mask, patches[0], frame_mask, frame_keys, text_keys)
+        return *features, fused.kl
 
     # -- heads -----------------------------------------------------------------------------------------------
-
-    def pair_logits(
-        self,
-        text: torch.Tensor,
-        entity_spans: torch.Tensor,
-        entity_chain: torch.Tensor | None,
-        num_chains: int | None,
-        word_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Coreference logits over mention pairs (Eq. 16) and relation logits over chain pairs (Eq. 17).
-
-        A mention is the mean of its own words; a chain is the mean of its mentions (see `chain_features`).
-        """
-        if entity_spans.numel() and int(entity_spans.max()) > text.shape[1]:
-            raise ValueError(f"entity_spans: end {int(entity_spans.max())} beyond the {text.shape[1]} words.")
-        mentions = span_mean(text, entity_spans)
-        coref = self.coref_head(mentions)
-        if entity_chain is None:
-            return coref, None
-        chains = self.chain_features(text, word_mask, entity_spans, mentions, entity_chain, num_chains)
-        return coref, self.relation_head(chains)
 
     def chain_features(
         self,
@@ -836,29 +874,46 @@ class M3DModel(M3DPreTrainedModel):
         context = torch.cat([span_mean(text, before), span_mean(text, after)], -1)
         return torch.cat([chains, segment_max(context, entity_chain, num_chains)], -1)
 
+    def mention_features(self, text: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+        """Each mention as the mean of its own words (B, E, d_h)."""
+        if spans.numel() and int(spans.max()) > text.shape[1]:
+            raise ValueError(f"entity_spans: end {int(spans.max())} beyond the {text.shape[1]} words.")
+        return span_mean(text, spans)
+
     def forward(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        word_ids: torch.Tensor,
-        word_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
-        frame_mask: torch.Tensor,
-        entity_spans: torch.Tensor | None = None,
-        entity_mask: torch.Tensor | None = None,
-        entity_chain: torch.Tensor | None = None,
-        chain_mask: torch.Tensor | None = None,
-        ner_labels: torch.Tensor | None = None,
-        coref_labels: torch.Tensor | None = None,
-        relation_labels: torch.Tensor | None = None,
-        grounding_boxes: torch.Tensor | None = None,
-        grounding_types: torch.Tensor | None = None,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor,
+        word_ids: torch.LongTensor,
+        word_mask: torch.BoolTensor,
+        pixel_values: torch.FloatTensor,
+        frame_mask: torch.BoolTensor,
+        entity_spans: torch.LongTensor | None = None,
+        entity_mask: torch.BoolTensor | None = None,
+        entity_chain: torch.LongTensor | None = None,
+        chain_mask: torch.BoolTensor | None = None,
+        ner_labels: torch.LongTensor | None = None,
+        coref_labels: torch.LongTensor | None = None,
+        re_labels: torch.LongTensor | None = None,
+        grounding_labels: torch.LongTensor | None = None,
+        grounding_label_boxes: torch.FloatTensor | None = None,
         **kwargs,
     ) -> M3DModelOutput:
         r"""
-        Inputs follow the processor's batch contract (see `M3DProcessor`): `word_ids` maps pieces to words (-1
-        = none), `entity_spans` are word spans `[start, end)`, `entity_chain` indexes chains (-1 = padding).
-        Labels are optional; each task's loss is computed when its labels are given.
+        Args (the processor's batch; see [`M3DProcessor`] for every key's padding and meaning):
+            input_ids (`(B, T)`), attention_mask (`(B, T)`): the documents' sub-word pieces (Eq. 5).
+            word_ids (`(B, T)`): the word each piece belongs to, -1 for special and padding pieces.
+            word_mask (`(B, W)`): real words (a prefix per row; all False when the text is missing).
+            pixel_values (`(B, F, 3, H, W)`), frame_mask (`(B, F)`): the frames and the real ones (Eq. 6).
+            entity_spans (`(B, E, 2)`): mention word spans `[start, end)`; with `entity_mask` (`(B, E)`), enables
+                `coref_logits`.
+            entity_chain (`(B, E)`): each mention's chain (-1 on padding); with `chain_mask` (`(B, C)`), enables
+                `re_logits`.
+            ner_labels (`(B, W)`), coref_labels (`(B, E, E)`), re_labels (`(B, C, C)`): BIO tag ids and pair
+                classes, -100 where ignored (Eq. 19–21).
+            grounding_labels (`(B, F, T)`), grounding_label_boxes (`(B, F, T, 4)`): gold box types (-100 on
+                padding) and boxes (cx, cy, w, h) per frame (Eq. 22–23).
+            kwargs: other batch keys (`frame_indices`), read by post-processing only.
         """
         word_mask, frame_mask = word_mask.bool(), frame_mask.bool()
         text, frames, kl = self.encode(
@@ -866,31 +921,33 @@ class M3DModel(M3DPreTrainedModel):
         )
         ner_logits = self.entity_head(text)
         grounding_logits, boxes = self.grounding_head(frames)
-        coref_logits = relation_logits = None
+        coref_logits = re_logits = None
         if entity_spans is not None:
-            num_chains = chain_mask.shape[1] if chain_mask is not None else None
-            if entity_chain is not None and num_chains is None:
-                num_chains = max(int(entity_chain.max()) + 1, 1)
-            coref_logits, relation_logits = self.pair_logits(
-                text, entity_spans, entity_chain, num_chains, word_mask
-            )
-        losses = {}
-        if ner_labels is not None:
-            losses["ner"] = self.entity_head.loss(ner_logits, word_mask, ner_labels)
-        if coref_labels is not None and coref_logits is not None:
-            losses["coref"] = self._pair_loss(coref_logits, coref_labels)
-        if relation_labels is not None and relation_logits is not None:
-            losses["relation"] = self._pair_loss(relation_logits, relation_labels)
-        if grounding_types is not None and grounding_boxes is not None:
-            losses["grounding_type"], losses["grounding_box"] = self.grounding_head.loss(
-                grounding_logits, boxes, frame_mask, grounding_types, grounding_boxes
-            )
-        loss = None
-        if losses:
-            weights = self.config.loss_weights
-            loss = (
-                sum(weights[name] * value for name, value in losses.items()) + self.config.vae_kl_weight * kl
-            )
+            mentions = self.mention_features(text, entity_spans)
+            coref_logits = self.coref_head(mentions)
+            if entity_chain is not None:
+                num_chains = (
+                    chain_mask.shape[1] if chain_mask is not None else max(int(entity_chain.max()) + 1, 1)
+                )
+                re_logits = self.relation_head(
+                    self.chain_features(text, word_mask, entity_spans, mentions, entity_chain, num_chains)
+                )
+        loss, losses = self.criterion(
+            self.entity_head.crf,
+            word_mask=word_mask,
+            frame_mask=frame_mask,
+            ner_logits=ner_logits,
+            coref_logits=coref_logits,
+            re_logits=re_logits,
+            grounding_logits=grounding_logits,
+            grounding_boxes=boxes,
+            kl_loss=kl,
+            ner_labels=ner_labels,
+            coref_labels=coref_labels,
+            re_labels=re_labels,
+            grounding_labels=grounding_labels,
+            grounding_label_boxes=grounding_label_boxes,
+        )
         grounding_loss = None
         if "grounding_type" in losses:
             grounding_loss = losses["grounding_type"] + losses["grounding_box"]
@@ -898,14 +955,14 @@ class M3DModel(M3DPreTrainedModel):
             loss=loss,
             ner_loss=losses.get("ner"),
             coref_loss=losses.get("coref"),
-            relation_loss=losses.get("relation"),
+            re_loss=losses.get("re"),
             grounding_loss=grounding_loss,
             grounding_type_loss=losses.get("grounding_type"),
             grounding_box_loss=losses.get("grounding_box"),
             kl_loss=kl,
             ner_logits=ner_logits,
             coref_logits=coref_logits,
-            relation_logits=relation_logits,
+            re_logits=re_logits,
             grounding_logits=grounding_logits,
             grounding_boxes=boxes,
             text_features=text,
@@ -913,90 +970,82 @@ class M3DModel(M3DPreTrainedModel):
         )
 
     @torch.no_grad()
-    def predict(
+    def decode(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        word_ids: torch.Tensor,
-        word_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
-        frame_mask: torch.Tensor,
-        entity_spans: torch.Tensor | None = None,
-        entity_mask: torch.Tensor | None = None,
-        entity_chain: torch.Tensor | None = None,
-        chain_mask: torch.Tensor | None = None,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor,
+        word_ids: torch.LongTensor,
+        word_mask: torch.BoolTensor,
+        pixel_values: torch.FloatTensor,
+        frame_mask: torch.BoolTensor,
+        entity_spans: torch.LongTensor | None = None,
+        entity_mask: torch.BoolTensor | None = None,
+        entity_chain: torch.LongTensor | None = None,
+        chain_mask: torch.BoolTensor | None = None,
         protocol: str = "end_to_end",
-        id2word: Sequence[Sequence[int]] | None = None,
         grounding_threshold: float = 0.0,
-        **labels,
-    ) -> list[dict]:
-        """Decodes a batch into one dict per row in the metric formats: `entities`, `chains`, `relations`,
-        `groundings`. Encoders and fusion run once; only the pair heads depend on the protocol.
+        **kwargs,
+    ) -> M3DDecoderOutput:
+        """Decodes a batch into tensors (see [`M3DDecoderOutput`]). Encoders and fusion run once; only the pair
+        heads depend on the protocol.
 
         - `"gold_pairs"` (the paper's): chains are the components of predicted coreference among the gold
           `entity_spans`, relations are predicted between the gold chains (`entity_chain`).
         - `"end_to_end"`: predicted entities → coreference among them (symmetric mean probability > 0.5) →
           chains as connected components → relations between the predicted chains.
 
-        Entities come from the CRF in both. `id2word`, when given, maps each row's word index to the token
-        index the spans should use. Label tensors in the batch are ignored.
+        Entities come from the CRF in both; grounding slots whose best class is a type with probability ≥
+        `grounding_threshold` are kept. Label tensors in the batch are ignored. Raises `ValueError` on an
+        unknown protocol or, for `"gold_pairs"`, a batch without gold mentions and chains.
         """
-        if protocol not in ("end_to_end", "gold_pairs"):
-            raise ValueError(
-                f"predict: unknown protocol {protocol!r}; expected 'end_to_end' or 'gold_pairs'."
-            )
+        check_protocol(protocol)
         word_mask, frame_mask = word_mask.bool(), frame_mask.bool()
-        batch = word_mask.shape[0]
         text, frames, _ = self.encode(
             input_ids, attention_mask, word_ids, word_mask, pixel_values, frame_mask
         )
-        entities = bio_tags_to_spans(self.entity_head.decode(self.entity_head(text), word_mask), word_mask)
+        entities = bio_tags_to_spans(
+            viterbi_decode(self.entity_head.crf, self.entity_head(text), word_mask), word_mask
+        )
         if protocol == "gold_pairs":
             if entity_spans is None or entity_mask is None or entity_chain is None or chain_mask is None:
                 raise ValueError(
-                    "predict: protocol 'gold_pairs' needs entity_spans, entity_mask, entity_chain, chain_mask"
+                    "decode: protocol 'gold_pairs' needs entity_spans, entity_mask, entity_chain, chain_mask"
                 )
             spans, span_mask = entity_spans, entity_mask.bool()
         else:
-            spans, span_mask = pad_spans(entities, batch)
-        mentions = span_mean(text, spans)
+            spans, span_mask = pad_spans(entities, word_mask.shape[0])
+        mentions = self.mention_features(text, spans)
         components = connected_components(coref_adjacency(self.coref_head(mentions), span_mask), span_mask)
         if protocol == "end_to_end":
-            entity_chain, chain_mask = components, self._chain_mask(components)
+            entity_chain, chain_mask = components, chain_mask_of(components)
         chains = self.relation_head(
             self.chain_features(text, word_mask, spans, mentions, entity_chain, chain_mask.shape[1])
         )
-        relations = decode_relations(chains, chain_mask.bool())
-        documents = [
-            {"entities": ents, "chains": list(clusters.values()), "relations": rels, "groundings": grounds}
-            for ents, clusters, rels, grounds in zip(
-                entity_dicts(entities, batch, self.config.entity_types),
-                chain_mentions(spans, components),
-                relation_dicts(relations, chain_mentions(spans, entity_chain), self.config.relation_types),
-                grounding_dicts(
-                    select_grounding_slots(*self.grounding_head(frames), frame_mask, grounding_threshold),
-                    batch,
-                    self.config.grounding_types,
-                ),
-                strict=True,
-            )
-        ]
-        if id2word is not None:
-            documents = [
-                remap_words(document, mapping) for document, mapping in zip(documents, id2word, strict=True)
-            ]
-        return documents
+        rows, frame_index, types, scores, boxes = select_grounding_slots(
+            *self.grounding_head(frames), frame_mask, grounding_threshold
+        )
+        return M3DDecoderOutput(
+            entities=entities,
+            mention_spans=spans,
+            mention_mask=span_mask,
+            mention_chain=components,
+            relation_chain=entity_chain,
+            relations=decode_relations(chains, chain_mask.bool()),
+            grounding_rows=rows,
+            grounding_frames=frame_index,
+            grounding_types=types,
+            grounding_scores=scores,
+            grounding_boxes=boxes,
+        )
 
-    @staticmethod
-    def _chain_mask(chain_ids: torch.Tensor) -> torch.Tensor:
-        """(B, C) mask of the chains that exist, C ≥ 1, from per-mention chain ids numbered from 0."""
-        count = chain_ids.max(1).values + 1
-        width = max(int(count.max()), 1)
-        return torch.arange(width, device=chain_ids.device) < count[:, None]
-
-    @staticmethod
-    def _pair_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over the labelled pairs (Eq. 20–21); 0 when a batch has none."""
-        if not (labels != -100).any():
-            return logits.sum() * 0
-        return F.cross_entropy(logits.flatten(0, -2), labels.reshape(-1), ignore_index=-100)
+    def predict(self, protocol: str = "end_to_end", grounding_threshold: float = 0.0, **batch) -> list[dict]:
+        """`decode` then the post-processing of [`M3DProcessor.post_process_extraction`], with the config's
+        label sets: one document per row in the metric formats (DESIGN §4)."""
+        decoded = self.decode(**batch, protocol=protocol, grounding_threshold=grounding_threshold)
+        return documents_from_decoded(
+            decoded,
+            batch.get("frame_indices"),
+            self.config.entity_types,
+            self.config.relation_types,
+            self.config.grounding_types,
+        )

@@ -1,4 +1,5 @@
-"""Processor for M³D: schema rows (DESIGN §2) to the model's batch (words, frames, labels, masks).
+"""Processor for M³D: schema rows (DESIGN §2) to the model's batch (words, frames, labels, masks), and the
+model's decoded tensors back to documents (`post_process_extraction`).
 
 The processor is also the collator: ``DataLoader(rows, collate_fn=processor.collate)``.
 """
@@ -14,9 +15,10 @@ import torch
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 
-from .configuration_m3d import ENTITY_TYPES, GROUNDING_TYPES, RELATION_TYPES
-
-IGNORE_INDEX = -100
+from . import schema
+from .decoding_m3d import documents_from_decoded
+from .loss_m3d import IGNORE_INDEX
+from .schema import ENTITY_TYPES, GROUNDING_TYPES, RELATION_TYPES, check_language, join_tokens
 
 
 def _records(value: Any) -> list[dict]:
@@ -36,10 +38,6 @@ def _as_rows(rows: Any) -> list[Mapping]:
             return [dict(zip(rows, fields, strict=True)) for fields in zip(*rows.values(), strict=True)]
         return [rows]
     return list(rows)
-
-
-def _row_id(row: Mapping, index: int) -> str:
-    return str(row.get("id", row.get("video_id", f"#{index}")))
 
 
 def _label_index(value: Any, names: Sequence[str], schema_names: Sequence[str], where: str) -> int:
@@ -166,23 +164,44 @@ class M3DProcessor(ProcessorMixin):
         self.grounding_types = list(grounding_types if grounding_types is not None else GROUNDING_TYPES)
         if max_frames is not None and (type(max_frames) is not int or max_frames < 1):
             raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}")
-        if lang not in ("en", "zh"):
-            raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
         self.max_frames = max_frames
-        self.lang = lang
+        self.lang = check_language(lang)
         super().__init__(image_processor, tokenizer, **kwargs)
 
     def __call__(self, rows: Any, return_tensors: str | None = "pt") -> BatchFeature:
-        """
-        Build the batch of the BRIEF contract from schema rows: a list of rows, one row, or a datasets batch.
+        r"""
+        Builds the model's batch from schema rows: a list of rows, one row, or a datasets batch (dict of lists).
 
-        Labels (``ner_labels``, ``coref_labels``, ``relation_labels``, ``grounding_boxes``,
-        ``grounding_types``) are added when the rows carry ``entities``.
+        The batch contract (B rows, T pieces, W words, F kept frames, E mentions, C chains, G boxes per frame;
+        every dimension at least 1):
+
+        | key | dtype, shape | padding | meaning |
+        | --- | --- | --- | --- |
+        | `input_ids` | long (B, T) | the tokenizer's pad id | sub-word pieces of the words, never truncated (Eq. 5) |
+        | `attention_mask` | long (B, T) | 0 | real pieces |
+        | `word_ids` | long (B, T) | -1 | the word of each piece; -1 for special and padding pieces |
+        | `word_mask` | bool (B, W) | False | real words, a prefix per row; all False when the text is missing |
+        | `pixel_values` | float (B, F, 3, H, W) | 0 | kept frames through the image processor (Eq. 6) |
+        | `frame_mask` | bool (B, F) | False | real frames; all False when the video is missing |
+        | `frame_indices` | long (B, F) | -1 | index in the row's `frames` of each kept frame (`max_frames` subsampling) |
+        | `entity_spans` | long (B, E, 2) | 0 | gold mention word spans `[start, end)` |
+        | `entity_mask` | bool (B, E) | False | real mentions |
+        | `entity_chain` | long (B, E) | -1 | each mention's chain (index into the row's `chains`) |
+        | `chain_mask` | bool (B, C) | False | real chains |
+        | `ner_labels` | long (B, W) | -100 | BIO tag per word: 0 = O, 1 + 2t = B-t, 2 + 2t = I-t (Eq. 19) |
+        | `coref_labels` | long (B, E, E) | -100 | 1 same chain, 0 not; -100 on padding and the diagonal (Eq. 20) |
+        | `re_labels` | long (B, C, C) | -100 | [subject, object]: 0 no relation, 1 + k `relation_types[k]` (Eq. 21) |
+        | `grounding_labels` | long (B, F, G) | -100 | type index of each gold box of each kept frame (Eq. 22) |
+        | `grounding_label_boxes` | float (B, F, G, 4) | 0 | those boxes, (cx, cy, w, h) in [0, 1] (Eq. 23) |
+
+        The gold mentions and chains are in every batch (the gold-pairs protocol reads them); the five label keys
+        only when the rows carry `entities` (all rows or none). Raises `ValueError` naming the row and field on
+        bad input (a span outside the tokens, an unknown type, a box outside [0, 1], an unreadable frame).
         """
         rows = _as_rows(rows)
         if not rows:
             raise ValueError("M3DProcessor got no rows")
-        ids = [_row_id(row, i) for i, row in enumerate(rows)]
+        ids = [schema.row_id(row, i) for i, row in enumerate(rows)]
         annotated = ["entities" in row for row in rows]
         if any(annotated) and not all(annotated):
             missing = [row_id for row_id, has in zip(ids, annotated, strict=True) if not has]
@@ -199,6 +218,22 @@ class M3DProcessor(ProcessorMixin):
     def collate(self, rows: list[Mapping]) -> BatchFeature:
         """``collate_fn`` for a ``torch.utils.data.DataLoader`` over schema rows."""
         return self(rows, return_tensors="pt")
+
+    def post_process_extraction(self, decoded, batch: Mapping[str, torch.Tensor] | None = None) -> list[dict]:
+        """[`M3DModel.decode`]'s tensors → one document per row, in the metric formats of DESIGN §4:
+
+        - `entities`: `[{"start", "end", "type"}]`, word spans `[start, end)` of the row's `tokens`;
+        - `chains`: predicted chains, each a list of mentions `[start, end]`, numbered as the decoder's chain ids;
+        - `relations`: `[{"subject", "object", "type", "subject_chain", "object_chain"}]`, subject and object as
+          mention lists (the metric format) and as indices into `chains` (under the gold-pairs protocol, the
+          predicted chain holding the gold chain's first mention);
+        - `groundings`: `[{"frame", "type", "box", "score"}]`, `frame` indexing the row's own `frames` (through
+          the batch's `frame_indices`), `box` (cx, cy, w, h) in [0, 1].
+        """
+        frame_indices = None if batch is None else batch.get("frame_indices")
+        return documents_from_decoded(
+            decoded, frame_indices, self.entity_types, self.relation_types, self.grounding_types
+        )
 
     # ----------------------------------------------------------------------------------------- text
 
@@ -245,8 +280,7 @@ class M3DProcessor(ProcessorMixin):
 
     def span_text(self, tokens: Sequence[str], start: int, end: int, lang: str | None = None) -> str:
         """Text of the word span ``[start, end)``: EN words joined by spaces, ZH characters joined directly."""
-        joiner = "" if (lang or self.lang) == "zh" else " "
-        return joiner.join(tokens[start:end])
+        return join_tokens(tokens[start:end], lang or self.lang)
 
     def decode_words(
         self, tokens: Sequence[str], spans: Sequence[Sequence[int]], lang: str | None = None
@@ -264,16 +298,27 @@ class M3DProcessor(ProcessorMixin):
             for j in indices.tolist()
         ]
         frame_mask = _lengths_mask([len(indices) for indices in selected], max(1, max(map(len, selected))))
+        frame_indices = _pad_stack(
+            [indices[:, None] for indices in selected], frame_mask.shape[1], -1, torch.long
+        )
         if images:
             pixels = self.image_processor(images, return_tensors="pt")["pixel_values"]
         else:
             pixels = self.image_processor([Image.new("RGB", (8, 8))], return_tensors="pt")["pixel_values"][:0]
         shape = (*frame_mask.shape, *pixels.shape[1:])
         if frame_mask.all():  # no padding: skip the copy
-            return {"pixel_values": pixels.view(shape), "frame_mask": frame_mask}
+            return {
+                "pixel_values": pixels.view(shape),
+                "frame_mask": frame_mask,
+                "frame_indices": frame_indices[..., 0],
+            }
         pixel_values = pixels.new_zeros(shape)
         pixel_values[frame_mask] = pixels
-        return {"pixel_values": pixel_values, "frame_mask": frame_mask}
+        return {
+            "pixel_values": pixel_values,
+            "frame_mask": frame_mask,
+            "frame_indices": frame_indices[..., 0],
+        }
 
     # ------------------------------------------------------------------------------------- entities
 
@@ -296,7 +341,7 @@ class M3DProcessor(ProcessorMixin):
         if with_labels:
             data["ner_labels"] = bio_labels(table[..., :2], table[..., 2], entity_mask, word_mask)
             data["coref_labels"] = coreference_labels(data["entity_chain"], entity_mask)
-            data["relation_labels"] = self._relation_labels(rows, data["chain_mask"], ids)
+            data["re_labels"] = self._relation_labels(rows, data["chain_mask"], ids)
         return data
 
     def _row_entities(self, row: Mapping, row_id: str) -> tuple[np.ndarray, int]:
@@ -387,7 +432,7 @@ class M3DProcessor(ProcessorMixin):
         frame = table[:, 0].astype(np.int64)
         boxes[row_index, frame, rank] = torch.as_tensor(table[:, 2:], dtype=torch.float32)
         types[row_index, frame, rank] = torch.as_tensor(table[:, 1].astype(np.int64))
-        return {"grounding_boxes": boxes, "grounding_types": types}
+        return {"grounding_label_boxes": boxes, "grounding_labels": types}
 
     def _row_groundings(self, row: Mapping, indices: np.ndarray, row_id: str) -> np.ndarray:
         """(n, 6) float array of kept frame index, type index and box for one row, checked; frames remapped."""
