@@ -21,7 +21,8 @@ from pathlib import Path
 from transformers import pipeline
 
 import modeling_m3d  # noqa: F401  (registers the Auto classes and the pipeline)
-from modeling_m3d.pipeline_m3d import PROTOCOLS, M3DExtractionPipeline, to_schema_row
+from modeling_m3d.pipeline_m3d import M3DExtractionPipeline, to_schema_row
+from modeling_m3d.schema import PROTOCOLS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,8 +18,7 @@ package: `pipeline(model=folder, trust_remote_code=True)`.
 from __future__ import annotations
 
 import os
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from collections.abc import Mapping, Sized
 from functools import partial
 from typing import Any
 
@@ -29,10 +28,9 @@ from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
-from .processing_m3d import subsample_indices
-from .video_m3d import tokenize, unannotated_row, video_to_row
+from .schema import PROTOCOLS, tokenize_text
+from .video_m3d import unannotated_row, video_to_row
 
-PROTOCOLS = ("end_to_end", "gold_pairs")
 ANNOTATION_FIELDS = ("entities", "chains", "relations", "groundings")
 
 
@@ -76,7 +74,7 @@ def to_schema_row(inputs: Mapping, lang: str = "en", num_frames: int = 8) -> dic
     if "text" in inputs:
         if not isinstance(inputs["text"], str):
             raise ValueError(f"{where}: field 'text' must be a string, got {type(inputs['text']).__name__}")
-        return unannotated_row(clip_id, lang, tokenize(inputs["text"], lang), [], frames)
+        return unannotated_row(clip_id, lang, tokenize_text(inputs["text"], lang), [], frames)
     raise ValueError(f"{where}: has none of the fields 'tokens', 'text' or 'video'")
 
 
@@ -91,8 +89,10 @@ class M3DExtractionPipeline(Pipeline):
     Each clip gives `{"id", "entities": [{"start", "end", "type", "text"}], "chains": [[{"start", "end",
     "text"}, ...]], "relations": [{"subject", "object", "type", "subject_text", "object_text"}], "groundings":
     [{"frame", "type", "box", "score"}]}`: spans index the row's tokens (end exclusive); relation subjects and
-    objects index `chains`, their texts are the chains' first mentions; grounding frames index the clip's
-    frames and boxes are (cx, cy, w, h) normalised.
+    objects index `chains` (under the gold-pairs protocol, the predicted chain holding the gold chain's first
+    mention), their texts are those chains' first mentions; grounding frames index the clip's frames and boxes
+    are (cx, cy, w, h) normalised. The pipeline only wraps the model's `decode` and the processor's
+    `post_process_extraction`, adding the texts.
     """
 
     _load_processor = True
@@ -160,72 +160,40 @@ class M3DExtractionPipeline(Pipeline):
         self, model_inputs: dict, protocol: str = "end_to_end", grounding_threshold: float = 0.0
     ) -> dict:
         rows = model_inputs.pop("rows")
-        predictions = self.model.predict(
+        decoded = self.model.decode(
             **model_inputs, protocol=protocol, grounding_threshold=grounding_threshold
         )
-        return {"predictions": predictions, "rows": rows}
+        return {"documents": self.processor.post_process_extraction(decoded, model_inputs), "rows": rows}
 
     def postprocess(self, model_outputs: dict) -> dict:
-        prediction, row = model_outputs["predictions"], model_outputs["rows"]
+        document, row = model_outputs["documents"], model_outputs["rows"]
         if isinstance(row, list):  # batch_size 1: the iterator passes the one-row batch through unsplit
-            (prediction,), (row,) = prediction, row
+            (document,), (row,) = document, row
         tokens, lang = list(row.get("tokens") or []), row.get("lang") or self.processor.lang
         span_text = partial(self.processor.span_text, tokens, lang=lang)
-        chains = [sorted((int(s), int(e)) for s, e in chain) for chain in prediction["chains"]]
-        kept_frames = subsample_indices(len(row.get("frames") or []), self.processor.max_frames)
+        chains = [
+            [{"start": s, "end": e, "text": span_text(s, e)} for s, e in chain]
+            for chain in document["chains"]
+        ]
         return {
             "id": row.get("id"),
             "entities": [
+                {**entity, "text": span_text(entity["start"], entity["end"])}
+                for entity in document["entities"]
+            ],
+            "chains": chains,
+            "relations": [
                 {
-                    "start": int(e["start"]),
-                    "end": int(e["end"]),
-                    "type": e["type"],
-                    "text": span_text(e["start"], e["end"]),
+                    "subject": relation["subject_chain"],
+                    "object": relation["object_chain"],
+                    "type": relation["type"],
+                    "subject_text": chains[relation["subject_chain"]][0]["text"],
+                    "object_text": chains[relation["object_chain"]][0]["text"],
                 }
-                for e in prediction["entities"]
+                for relation in document["relations"]
             ],
-            "chains": [
-                [{"start": s, "end": e, "text": span_text(s, e)} for s, e in chain] for chain in chains
-            ],
-            "relations": _chain_relations(prediction["relations"], chains, span_text),
-            "groundings": [
-                {
-                    "frame": int(kept_frames[g["frame"]]),
-                    "type": g["type"],
-                    "box": [float(x) for x in g["box"]],
-                    "score": float(g["score"]),
-                }
-                for g in prediction["groundings"]
-            ],
+            "groundings": document["groundings"],
         }
-
-
-def _chain_relations(
-    relations: Iterable[dict], chains: list[list[tuple[int, int]]], span_text: Callable
-) -> list[dict]:
-    """Relations over mention lists → relations over indices of `chains`, named by their first mentions.
-
-    A subject or object maps to the predicted chain holding most of its mentions: all of them end to end; with
-    gold pairs, the relation is between gold chains, whose mentions the predicted chains partition.
-    """
-    chain_of = {mention: index for index, chain in enumerate(chains) for mention in chain}
-
-    def chain_index(mentions: Iterable[Sequence[int]]) -> int:
-        return Counter(chain_of[tuple(mention)] for mention in mentions).most_common(1)[0][0]
-
-    output = []
-    for relation in relations:
-        subject, obj = chain_index(relation["subject"]), chain_index(relation["object"])
-        output.append(
-            {
-                "subject": subject,
-                "object": obj,
-                "type": relation["type"],
-                "subject_text": span_text(*chains[subject][0]),
-                "object_text": span_text(*chains[obj][0]),
-            }
-        )
-    return output
 
 
 PIPELINE_REGISTRY.register_pipeline(

@@ -9,14 +9,15 @@ import pytest
 import torch
 from torchcrf import CRF
 
-from modeling_m3d import scoring
+from modeling_m3d import schema, scoring
 from modeling_m3d.decoding_m3d import (
     bio_tags_to_spans,
+    chain_mask_of,
     connected_components,
     coref_adjacency,
     decode_relations,
+    first_mention_chain,
     pad_spans,
-    remap_words,
     select_grounding_slots,
     viterbi_decode,
 )
@@ -144,16 +145,13 @@ def test_select_grounding_slots():
     assert select_grounding_slots(logits, boxes, frame_mask, threshold=0.6)[2].tolist() == [1]
 
 
-def test_remap_words():
-    document = {
-        "entities": [{"start": 1, "end": 3, "type": "PER"}],
-        "chains": [[[1, 3]]],
-        "relations": [{"subject": [[1, 3]], "object": [[0, 1]], "type": "x"}],
-        "groundings": [],
-    }
-    mapped = remap_words(document, [0, 2, 3, 5])
-    assert mapped["entities"] == [{"start": 2, "end": 4, "type": "PER"}]
-    assert mapped["chains"] == [[[2, 4]]] and mapped["relations"][0]["object"] == [[0, 1]]
+def test_chain_mask_and_first_mention_chain():
+    relation_chain = torch.tensor([[0, 1, 0, 2, -1], [1, 0, -1, -1, -1]])
+    mention_chain = torch.tensor([[0, 1, 2, 3, -1], [0, 1, -1, -1, -1]])
+    assert chain_mask_of(relation_chain).tolist() == [[True] * 3, [True, True, False]]
+    # Gold chain 0 of row 0 starts at mention 0 (predicted chain 0); gold chain 2 at mention 3 (predicted 3).
+    assert first_mention_chain(relation_chain, mention_chain).tolist() == [[0, 1, 3], [1, 0, -1]]
+    assert chain_mask_of(torch.zeros(2, 0, dtype=torch.long)).tolist() == [[False], [False]]
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +197,10 @@ def model_and_batch():
 
 def _check_document(document: dict, words: int, frames: int) -> None:
     assert set(document) == {"entities", "chains", "relations", "groundings"}
+    for relation in document["relations"]:
+        chains = document["chains"]
+        assert relation["subject"][0] in chains[relation["subject_chain"]]
+        assert relation["object"][0] in chains[relation["object_chain"]]
     for entity in document["entities"]:
         assert 0 <= entity["start"] < entity["end"] <= words and entity["type"] in (
             "PER",
@@ -228,7 +230,7 @@ def test_predict_returns_metric_formats(model_and_batch, protocol):
     else:
         mentions = sorted(m for chain in documents[0]["chains"] for m in chain)
         assert mentions == sorted([e["start"], e["end"]] for e in documents[0]["entities"])
-    references = [scoring.gold_document(row, relation_types=model.config.relation_types) for row in rows]
+    references = [schema.reference_document(row, relation_types=model.config.relation_types) for row in rows]
     scores = scoring.m3d_scores(documents, references)
     assert 0.0 <= scores["average_f1"] <= 1.0
 
@@ -240,3 +242,29 @@ def test_predict_rejects_unknown_protocol_and_missing_gold(model_and_batch):
     without_gold = {k: v for k, v in batch.items() if k != "entity_chain"}
     with pytest.raises(ValueError, match="gold_pairs"):
         model.predict(**without_gold, protocol="gold_pairs")
+
+
+@pytest.mark.parametrize("protocol", ["gold_pairs", "end_to_end"])
+def test_predict_is_decode_then_post_processing(model_and_batch, protocol):
+    model, batch, _ = model_and_batch
+    processor = M3DProcessor(
+        tiny_image_processor(), build_tokenizer(None, "en"), max_frames=model.config.max_frames
+    )
+    decoded = model.decode(**batch, protocol=protocol)
+    assert decoded.entities.dtype == torch.long and decoded.entities.shape[1] == 4
+    assert decoded.relations.shape[1] == 4 and decoded.grounding_boxes.shape[1] == 4
+    assert processor.post_process_extraction(decoded, batch) == model.predict(**batch, protocol=protocol)
+
+
+def test_groundings_name_the_row_frame_after_subsampling(model_and_batch):
+    """A row with more frames than `max_frames` keeps an even subsample; groundings name the row's own frame."""
+    model, _, rows = model_and_batch
+    frames = [rows[1]["frames"][0]] * 20
+    processor = M3DProcessor(
+        tiny_image_processor(), build_tokenizer(None, "en"), max_frames=model.config.max_frames
+    )
+    batch = processor([{**rows[1], "frames": frames, "groundings": []}])
+    kept = batch["frame_indices"][0].tolist()
+    assert kept == [0, 3, 5, 8, 11, 14, 16, 19]
+    documents = model.predict(**batch, protocol="end_to_end")
+    assert documents[0]["groundings"] and {g["frame"] for g in documents[0]["groundings"]} <= set(kept)

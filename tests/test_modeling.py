@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from PIL import Image
 
 from modeling_m3d.configuration_m3d import M3DConfig
-from modeling_m3d.modeling_m3d import M3DLevelSum, M3DModel, layer_thirds, span_mean
+from modeling_m3d.loss_m3d import pair_cross_entropy
+from modeling_m3d.modeling_m3d import M3DLevelSum, M3DModel, M3DNoFusion, layer_thirds, span_mean
 from modeling_m3d.processing_m3d import M3DProcessor
 from modeling_m3d.testing import build_tokenizer, tiny_config, tiny_image_processor
 
@@ -74,20 +76,20 @@ def test_output_shapes_and_losses(tiny, mixed_batch):
     chains = mixed_batch["chain_mask"].shape[1]
     assert out.ner_logits.shape == (batch, words, 1 + 2 * len(config.entity_types))
     assert out.coref_logits.shape == (batch, entities, entities, 2)
-    assert out.relation_logits.shape == (batch, chains, chains, len(config.relation_types) + 1)
+    assert out.re_logits.shape == (batch, chains, chains, len(config.relation_types) + 1)
     slots, types = config.grounding_slots, len(config.grounding_types)
     assert out.grounding_logits.shape == (batch, frames, slots, types + 1)
     assert out.grounding_boxes.shape == (batch, frames, slots, 4)
     assert ((out.grounding_boxes > 0) & (out.grounding_boxes < 1)).all()
     assert out.text_features.shape == (batch, words, config.text_config.hidden_size)
     assert out.frame_features.shape == (batch, frames, config.text_config.hidden_size)
-    parts = [out.ner_loss, out.coref_loss, out.relation_loss, out.grounding_type_loss, out.grounding_box_loss]
+    parts = [out.ner_loss, out.coref_loss, out.re_loss, out.grounding_type_loss, out.grounding_box_loss]
     assert all(torch.isfinite(p) and p > 0 for p in parts)
     weights = config.loss_weights
     expected = (
         weights["ner"] * out.ner_loss
         + weights["coref"] * out.coref_loss
-        + weights["relation"] * out.relation_loss
+        + weights["re"] * out.re_loss
         + weights["grounding_type"] * out.grounding_type_loss
         + weights["grounding_box"] * out.grounding_box_loss
         + config.vae_kl_weight * out.kl_loss
@@ -96,7 +98,7 @@ def test_output_shapes_and_losses(tiny, mixed_batch):
     no_labels = {
         k: v
         for k, v in mixed_batch.items()
-        if not k.endswith(("_labels", "grounding_boxes", "grounding_types"))
+        if not k.endswith(("_labels", "grounding_label_boxes", "grounding_labels"))
     }
     assert model(**no_labels).loss is None
 
@@ -204,7 +206,7 @@ def test_save_and_load_give_identical_outputs(tiny, mixed_batch, tmp_path):
         "loss",
         "ner_logits",
         "coref_logits",
-        "relation_logits",
+        "re_logits",
         "grounding_logits",
         "grounding_boxes",
     ):
@@ -219,7 +221,7 @@ def test_from_encoders_pretrained_keeps_encoder_weights(tiny, tmp_path):
     model.text_model.save_pretrained(tmp_path / "text")
     model.vision_model.save_pretrained(tmp_path / "vision")
     built = M3DModel.from_encoders_pretrained(str(tmp_path / "text"), str(tmp_path / "vision"), fusion="none")
-    assert built.config.fusion == "none" and built.fusion is None
+    assert built.config.fusion == "none" and isinstance(built.fusion, M3DNoFusion)
     for name in ("text_model", "vision_model"):
         theirs = getattr(model, name).state_dict()
         for key, value in getattr(built, name).state_dict().items():
@@ -250,26 +252,39 @@ def test_ablation_flags_remove_their_modules(tokenizer):
 
 
 @pytest.mark.parametrize(
-    "kwargs,error",
+    "kwargs,match",
     [
-        ({"use_mmcm": "True"}, TypeError),
-        ({"use_mmcm": 1}, TypeError),
-        ({"fusion": "co_attention"}, ValueError),
-        ({"latent_dim": 64.0}, TypeError),
-        ({"latent_dim": True}, TypeError),
-        ({"latent_dim": 30, "fusion_heads": 4}, ValueError),
-        ({"grounding_slots": 0}, ValueError),
-        ({"relation_types": "PER-LOC_birth"}, TypeError),
-        ({"entity_types": ["PER", "PER"]}, ValueError),
-        ({"loss_weights": {"ner": 1.0, "nre": 2.0}}, ValueError),
-        ({"loss_weights": {"ner": "1"}}, TypeError),
-        ({"vae_kl_weight": -1.0}, ValueError),
-        ({"text_config": 3}, TypeError),
+        ({"use_mmcm": "True"}, "use_mmcm"),
+        ({"use_mmcm": 1}, "use_mmcm"),
+        ({"fusion": "co_attention"}, "fusion"),
+        ({"latent_dim": 64.0}, "latent_dim"),
+        ({"latent_dim": True}, "latent_dim"),
+        ({"latent_dim": 30, "fusion_heads": 4}, "must divide `latent_dim`"),
+        ({"grounding_slots": 0}, "grounding_slots"),
+        ({"relation_types": "PER-LOC_birth"}, "relation_types"),
+        ({"loss_weights": {"ner": "1"}}, "loss_weights"),
+        ({"vae_kl_weight": -1.0}, "vae_kl_weight"),
+        ({"text_config": 3}, "text_config"),
+        ({"grounding_pooling": "max"}, "grounding_pooling"),
     ],
 )
-def test_config_rejects_bad_values(kwargs, error):
-    with pytest.raises(error, match="M3DConfig"):
+def test_config_rejects_bad_values(kwargs, match):
+    """Field types are checked by `@strict`, the cross-field rules by `validate_architecture`."""
+    with pytest.raises(StrictDataclassError, match=match):
         M3DConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"entity_types": ["PER", "PER"]}, {"loss_weights": {"ner": 1.0, "nre": 2.0}}, {"entity_types": []}],
+)
+def test_config_rejects_bad_label_sets_and_loss_terms(kwargs):
+    with pytest.raises(ValueError, match="M3DConfig"):
+        M3DConfig(**kwargs)
+
+
+def test_config_reads_the_legacy_relation_loss_weight():
+    assert M3DConfig(loss_weights={"relation": 2.0}).loss_weights["re"] == 2.0
 
 
 def test_config_defaults_and_round_trip(tmp_path):
@@ -374,11 +389,15 @@ def test_pair_scoring_cost_does_not_grow_with_entity_count(tiny):
         starts = torch.randint(0, 59, (1, entities))
         spans = torch.stack([starts, starts + 1], -1)
         chains = torch.arange(entities)[None] // 2
-        coref, relation = model.pair_logits(text, spans, chains, (entities + 1) // 2)
+        mentions = model.mention_features(text, spans)
+        coref = model.coref_head(mentions)
+        relation = model.relation_head(
+            model.chain_features(text, None, spans, mentions, chains, (entities + 1) // 2)
+        )
         labels = torch.randint(0, 2, coref.shape[:-1])
         (
-            model._pair_loss(coref, labels)
-            + model._pair_loss(relation, torch.zeros(relation.shape[:-1]).long())
+            pair_cross_entropy(coref, labels)
+            + pair_cross_entropy(relation, torch.zeros(relation.shape[:-1]).long())
         ).backward()
 
     run(5)  # warm-up: first calls dispatch one-off operations
@@ -408,7 +427,7 @@ def test_slot_grounding_and_relation_context_shapes_and_save_load(tokenizer, tmp
     torch.testing.assert_close(loaded.grounding_head.centres, model.grounding_head.centres)
     with torch.no_grad():
         a, b = model(**batch), loaded(**batch)
-    for key in ("relation_logits", "grounding_logits", "grounding_boxes"):
+    for key in ("re_logits", "grounding_logits", "grounding_boxes"):
         torch.testing.assert_close(a[key], b[key])
 
 
@@ -417,5 +436,3 @@ def test_slot_grounding_needs_a_square_patch_grid(tokenizer):
     config.vision_config.image_size = [32, 48]
     with pytest.raises(ValueError, match="square patch grid"):
         M3DModel(config)
-    with pytest.raises(ValueError, match="grounding_pooling"):
-        tiny_config(tokenizer, grounding_pooling="max")

@@ -137,24 +137,43 @@ def test_grounding_frames_index_the_input_frames(extractor):
     assert frames and frames <= {0, 1, 3, 4, 5, 6, 8, 9}
 
 
-def test_relations_map_to_the_chain_holding_most_mentions(extractor):
+def test_relations_name_their_chains_and_texts(extractor):
     row = annotated_row(num_frames=10)
-    prediction = {
+    document = {
         "entities": [],
-        "chains": [[[6, 7], [0, 1]], [[2, 3]], [[8, 9]], [[4, 5]]],
+        "chains": [[[0, 1], [6, 7]], [[2, 3]], [[8, 9]], [[4, 5]]],
         "relations": [
-            {"subject": [[0, 1], [6, 7], [8, 9]], "object": [[4, 5]], "type": "PER-LOC_go_to"},
-            {"subject": [[8, 9]], "object": [[0, 1], [6, 7]], "type": "PER-PER_peer"},
+            {
+                "subject": [[0, 1]],
+                "object": [[4, 5]],
+                "type": "PER-LOC_go_to",
+                "subject_chain": 0,
+                "object_chain": 3,
+            },
+            {
+                "subject": [[8, 9]],
+                "object": [[0, 1]],
+                "type": "PER-PER_peer",
+                "subject_chain": 2,
+                "object_chain": 0,
+            },
         ],
-        "groundings": [{"frame": 7, "type": "PER", "box": [0.5, 0.5, 0.1, 0.1], "score": 0.9}],
+        "groundings": [{"frame": 9, "type": "PER", "box": [0.5, 0.5, 0.1, 0.1], "score": 0.9}],
     }
-    result = extractor.postprocess({"predictions": [prediction], "rows": [row]})
-    assert [m["text"] for m in result["chains"][0]] == ["Ann", "She"]  # mentions in document order
+    result = extractor.postprocess({"documents": [document], "rows": [row]})
+    assert [m["text"] for m in result["chains"][0]] == ["Ann", "She"]
     assert result["relations"] == [
         {"subject": 0, "object": 3, "type": "PER-LOC_go_to", "subject_text": "Ann", "object_text": "Paris"},
         {"subject": 2, "object": 0, "type": "PER-PER_peer", "subject_text": "him", "object_text": "Ann"},
     ]
-    assert result["groundings"][0]["frame"] == 9  # kept frame 7 is input frame 9
+    assert result["groundings"] == document["groundings"]
+
+
+def test_groundings_name_the_input_frame(extractor):
+    """Ten input frames, eight kept: each grounding names its input frame, not its place among the kept ones."""
+    result = extractor(annotated_row(num_frames=10), threshold=0.0)
+    kept = {0, 1, 3, 4, 5, 6, 8, 9}  # eight of ten, evenly (processing_m3d.subsample_indices)
+    assert result["groundings"] and {g["frame"] for g in result["groundings"]} <= kept
 
 
 def test_batched_run_matches_single_runs(extractor, media):

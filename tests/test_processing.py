@@ -74,15 +74,15 @@ def assert_contract(batch, rows: int) -> None:
     """Shapes, dtypes and padding values of the BRIEF contract."""
     b, t = batch["input_ids"].shape
     w, f, e, c = (batch[k].shape[1] for k in ("word_mask", "frame_mask", "entity_mask", "chain_mask"))
-    g = batch["grounding_types"].shape[2]
+    g = batch["grounding_labels"].shape[2]
     assert b == rows and min(w, f, e, c, g) >= 1
     expected = {
         "input_ids": ((b, t), LONG), "attention_mask": ((b, t), LONG), "word_ids": ((b, t), LONG),
         "word_mask": ((b, w), torch.bool), "pixel_values": ((b, f, 3, 32, 32), torch.float32),
-        "frame_mask": ((b, f), torch.bool), "entity_spans": ((b, e, 2), LONG), "entity_mask": ((b, e), torch.bool),
+        "frame_mask": ((b, f), torch.bool), "frame_indices": ((b, f), LONG), "entity_spans": ((b, e, 2), LONG), "entity_mask": ((b, e), torch.bool),
         "entity_chain": ((b, e), LONG), "chain_mask": ((b, c), torch.bool), "ner_labels": ((b, w), LONG),
-        "coref_labels": ((b, e, e), LONG), "relation_labels": ((b, c, c), LONG),
-        "grounding_boxes": ((b, f, g, 4), torch.float32), "grounding_types": ((b, f, g), LONG),
+        "coref_labels": ((b, e, e), LONG), "re_labels": ((b, c, c), LONG),
+        "grounding_label_boxes": ((b, f, g, 4), torch.float32), "grounding_labels": ((b, f, g), LONG),
     }  # fmt: skip
     assert set(batch) == set(expected)
     for key, (shape, dtype) in expected.items():
@@ -91,9 +91,9 @@ def assert_contract(batch, rows: int) -> None:
     assert ((batch["ner_labels"] == IGNORE_INDEX) == ~batch["word_mask"]).all()
     assert (batch["entity_chain"][~batch["entity_mask"]] == -1).all()
     assert (batch["pixel_values"][~batch["frame_mask"]] == 0).all()
-    assert (batch["grounding_types"][~batch["frame_mask"]] == IGNORE_INDEX).all()
+    assert (batch["grounding_labels"][~batch["frame_mask"]] == IGNORE_INDEX).all()
     assert (torch.diagonal(batch["coref_labels"], dim1=1, dim2=2) == IGNORE_INDEX).all()
-    assert (torch.diagonal(batch["relation_labels"], dim1=1, dim2=2) == IGNORE_INDEX).all()
+    assert (torch.diagonal(batch["re_labels"], dim1=1, dim2=2) == IGNORE_INDEX).all()
 
 
 def test_full_row_labels(processor):
@@ -107,7 +107,7 @@ def test_full_row_labels(processor):
     assert batch["coref_labels"][0].tolist() == [[x, 0, 0, 1], [0, x, 0, 0], [0, 0, x, 0], [1, 0, 0, x]]
     member = processor.relation_types.index("PER-ORG_member") + 1
     residence = processor.relation_types.index("PER-LOC_residence") + 1
-    assert batch["relation_labels"][0].tolist() == [[x, member, residence], [0, x, 0], [0, 0, x]]
+    assert batch["re_labels"][0].tolist() == [[x, member, residence], [0, x, 0], [0, 0, x]]
 
 
 def test_outer_mention_wins_whatever_the_order(processor):
@@ -127,8 +127,8 @@ def test_frames_subsampled_and_groundings_remapped(processor):
     kept = processor.image_processor([frame(i) for i in (0, 2, 4)], return_tensors="pt")["pixel_values"]
     assert torch.allclose(batch["pixel_values"][0], kept)
     per, loc, org = 0, 1, 2
-    assert batch["grounding_types"][0].tolist() == [[per, IGNORE_INDEX], [loc, per], [org, IGNORE_INDEX]]
-    boxes = batch["grounding_boxes"][0]
+    assert batch["grounding_labels"][0].tolist() == [[per, IGNORE_INDEX], [loc, per], [org, IGNORE_INDEX]]
+    boxes = batch["grounding_label_boxes"][0]
     assert torch.allclose(boxes[1], torch.tensor([[0.1, 0.2, 0.1, 0.1], [0.7, 0.6, 0.2, 0.3]]))
     assert (boxes[0, 1] == 0).all()
 
@@ -139,11 +139,11 @@ def test_text_missing_and_video_missing_rows(processor):
     special = [processor.tokenizer.cls_token_id, processor.tokenizer.sep_token_id]
     assert batch["input_ids"][0].tolist() == special and not batch["word_mask"].any()
     assert not batch["entity_mask"].any() and not batch["chain_mask"].any() and batch["frame_mask"].all()
-    assert (batch["relation_labels"] == IGNORE_INDEX).all() and (batch["coref_labels"] == IGNORE_INDEX).all()
+    assert (batch["re_labels"] == IGNORE_INDEX).all() and (batch["coref_labels"] == IGNORE_INDEX).all()
     batch = processor([video_missing_row()])
     assert_contract(batch, 1)
     assert not batch["frame_mask"].any() and (batch["pixel_values"] == 0).all()
-    assert (batch["grounding_types"] == IGNORE_INDEX).all() and batch["word_mask"].all()
+    assert (batch["grounding_labels"] == IGNORE_INDEX).all() and batch["word_mask"].all()
 
 
 def test_mixed_batch_equals_rows_alone(processor):
@@ -192,7 +192,7 @@ def test_single_row_and_datasets_batch_inputs(processor):
     single = processor(rows[1])
     assert single["input_ids"].shape[0] == 1
     loader = torch.utils.data.DataLoader(rows, batch_size=2, collate_fn=processor.collate)
-    assert torch.equal(next(iter(loader))["relation_labels"], listed["relation_labels"])
+    assert torch.equal(next(iter(loader))["re_labels"], listed["re_labels"])
 
 
 def test_frames_from_paths_and_bytes(processor, tmp_path):
@@ -310,7 +310,7 @@ def test_real_dev_rows_through_builder(tmp_path):
         spans = [[e["start"], e["end"]] for e in row["entities"]]
         assert batch["entity_spans"][i, : len(spans)].tolist() == spans
         pairs = {(r["subject"], r["object"]) for r in row["relations"] if r["subject"] != r["object"]}
-        assert int((batch["relation_labels"][i] > 0).sum()) == len(pairs)
+        assert int((batch["re_labels"][i] > 0).sum()) == len(pairs)
         outer = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o != s for o in spans)]
         assert int((batch["ner_labels"][i] % 2 == 1).sum()) == len(outer)  # one B- per outer mention
 

@@ -16,7 +16,7 @@ import modeling_m3d
 from modeling_m3d import M3DConfig, M3DModel, M3DProcessor
 from modeling_m3d.testing import tiny_model_and_processor
 
-OUTPUT_KEYS = ("ner_logits", "coref_logits", "relation_logits", "grounding_logits", "grounding_boxes")
+OUTPUT_KEYS = ("ner_logits", "coref_logits", "re_logits", "grounding_logits", "grounding_boxes")
 CODE_FILES = ("configuration_m3d.py", "modeling_m3d.py", "decoding_m3d.py", "processing_m3d.py")
 
 # Runs in a fresh interpreter where `modeling_m3d` cannot be imported (it is pip-installed editable, so it is
