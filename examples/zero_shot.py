@@ -9,8 +9,8 @@ Each clip's frames and subtitle document go to the model through its own classes
 for the four outputs as one JSON object, decoded greedily. The answers are parsed into the formats of `metrics/m3d`
 and scored by it. OUT receives `prompt.json` (the instruction of the run's language, its parts and the frame input),
 `generations.jsonl` (per clip: the frames shown, the rendered chat, the raw answer, what the parser dropped, the
-prediction) and
-`all_results.json` with the keys of `train.py` (`test_ner_f1`, ..., `test_average_f1`), so the tables line up.
+prediction) and `all_results.json` with the keys of `train.py` (`test_ner_f1`, ..., `test_average_f1`), so that the
+tables line up, plus the prompt and answer lengths and the parser's `dropped_*` counts.
 
 The split and its missing-modality cut come from train.py's data flags (`--missing_modality_ratio 0` shows every clip
 whole; `--modality_manifest` reuses a trained model's cut). An LLM finds its own entities, chains and relations, so
@@ -49,7 +49,6 @@ from modeling_m3d.zero_shot import (
     parse_answer,
 )
 
-logger = logging.getLogger(__name__)
 EXAMPLES_DIR = Path(__file__).resolve().parent
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFIXES = {"train": "train_", "validation": "eval_", "test": "test_"}  # train.py's keys per split
@@ -91,7 +90,8 @@ class ZeroShotArguments:
 
 
 def load_clips(data_args: DataArguments, args: ZeroShotArguments, workdir: Path) -> datasets.Dataset:
-    """The split's clips, each with its modality of train.py's missing-modality cut removed (`drop_modality`).
+    """The split's clips, each with its modality of train.py's missing-modality cut removed (`drop_modality`) and
+    its frame count in a column `num_frames`.
 
     The frames stay encoded while the rows are rewritten (no image is decoded and encoded again)."""
     splits = load_splits(data_args, workdir)
@@ -102,8 +102,13 @@ def load_clips(data_args: DataArguments, args: ZeroShotArguments, workdir: Path)
     clips = clips.select(range(min(len(clips), args.max_docs or len(clips))))
     frames = clips.features["frames"]
     encoded = clips.cast_column("frames", datasets.List(datasets.Image(decode=False)))
-    dropped = encoded.map(lambda row: drop_modality(row, modes[row["id"]]), desc="modality cut")
+    dropped = encoded.map(lambda row: _cut(row, modes[row["id"]]), desc="modality cut")
     return dropped.cast_column("frames", frames)
+
+
+def _cut(row: dict, mode: str) -> dict:
+    row = drop_modality(row, mode)
+    return {**row, "num_frames": len(row["frames"])}
 
 
 def load_model(args: ZeroShotArguments):
@@ -143,26 +148,26 @@ def chat(instruction: str, num_frames: int, as_video: bool, lang: str) -> list[d
 
 
 def generate(model, processor, texts: list[str], frames: list[list], as_video: bool, max_new_tokens: int):
-    """Greedy answers of one batch (clips with the same number of frames), and the prompt and answer lengths."""
+    """Greedy answers of one batch (all clips with frames, or all without), with the prompt and answer lengths in
+    tokens."""
     visual = {} if not frames[0] else {"videos": frames} if as_video else {"images": frames}
     inputs = processor(text=texts, return_tensors="pt", padding=True, **visual).to(model.device)
     inputs = inputs.to(model.dtype)  # floating inputs (pixels) only
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
     answers = output[:, inputs["input_ids"].shape[1] :]
-    pad = processor.tokenizer.pad_token_id
     return (
         processor.batch_decode(answers, skip_special_tokens=True),
         inputs["attention_mask"].sum(1).tolist(),
-        (answers != pad).sum(1).tolist(),
+        (answers != processor.tokenizer.pad_token_id).sum(1).tolist(),
     )
 
 
 def run(model, processor, clips: datasets.Dataset, args: ZeroShotArguments, lang: str) -> list[dict]:
     """One record per clip (in split order): id, frames shown, prompt and answer lengths (tokens), the rendered
-    chat and the raw answer."""
+    chat and the raw answer. A batch holds clips with frames only, or clips without only."""
     as_video = frames_as_video(processor, args.frames_as)
-    shown = [subsample_indices(len(frames), args.num_frames).tolist() for frames in clips["frames"]]
+    shown = [subsample_indices(count, args.num_frames).tolist() for count in clips["num_frames"]]
     texts = [
         processor.apply_chat_template(
             chat(build_instruction(tokens, len(indices), lang), len(indices), as_video, lang),
@@ -171,25 +176,24 @@ def run(model, processor, clips: datasets.Dataset, args: ZeroShotArguments, lang
         )
         for tokens, indices in zip(clips["tokens"], shown, strict=True)
     ]
+    groups = ([i for i, s in enumerate(shown) if s], [i for i, s in enumerate(shown) if not s])
+    size = args.batch_size
+    batches = [group[start : start + size] for group in groups for start in range(0, len(group), size)]
     records: list[dict] = [{} for _ in texts]
-    order = sorted(range(len(texts)), key=lambda i: len(shown[i]) == 0)  # clips without frames batch together
-    batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
-    batches = [part for batch in batches for part in _split_by_frames(batch, shown)]
     for batch in tqdm(batches, desc="generate"):
-        frames = [[clips[i]["frames"][k].convert("RGB") for k in shown[i]] for i in batch]
+        rows = [clips[i] for i in batch]
+        frames = [
+            [row["frames"][k].convert("RGB") for k in shown[i]] for i, row in zip(batch, rows, strict=True)
+        ]
         answers, prompt_tokens, answer_tokens = generate(
             model, processor, [texts[i] for i in batch], frames, as_video, args.max_new_tokens
         )
-        for i, answer, n_prompt, n_answer in zip(batch, answers, prompt_tokens, answer_tokens, strict=True):
-            records[i] = {"id": clips[i]["id"], "frames": shown[i], "prompt_tokens": n_prompt,
+        for i, row, answer, n_prompt, n_answer in zip(
+            batch, rows, answers, prompt_tokens, answer_tokens, strict=True
+        ):
+            records[i] = {"id": row["id"], "frames": shown[i], "prompt_tokens": n_prompt,
                           "answer_tokens": n_answer, "prompt": texts[i], "answer": answer}  # fmt: skip
     return records
-
-
-def _split_by_frames(batch: list[int], shown: list[list[int]]) -> list[list[int]]:
-    """A batch cut where clips with frames meet clips without (a processor takes images for all or none)."""
-    with_frames = [i for i in batch if shown[i]]
-    return [part for part in (with_frames, [i for i in batch if not shown[i]]) if part]
 
 
 def score(clips: datasets.Dataset, records: list[dict], prefix: str) -> tuple[dict, Counter]:
@@ -251,8 +255,9 @@ def main() -> None:
         mean_answer_tokens=sum(r["answer_tokens"] for r in records) / max(len(records), 1),
         **{f"dropped_{issue}": dropped[issue] for issue in ISSUES},
     )  # fmt: skip
+    frames_as = "video" if frames_as_video(processor, args.frames_as) else "images"
     prompt = {"lang": lang, "instruction": INSTRUCTIONS[lang].template, "frames_shown": FRAMES_SHOWN[lang],
-              "example": EXAMPLES[lang], "frames_as": "video" if frames_as_video(processor, args.frames_as) else "images"}  # fmt: skip
+              "example": EXAMPLES[lang], "frame_labels": FRAME_LABELS[lang], "frames_as": frames_as}  # fmt: skip
     write_atomic(output_dir / "prompt.json", json.dumps(prompt, ensure_ascii=False, indent=2))
     write_atomic(
         output_dir / "generations.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
