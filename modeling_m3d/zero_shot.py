@@ -50,6 +50,7 @@ ISSUES = (
     "grounding_box_out_of_range",  # a box leaving [0, 1] or with no area
 )
 
+_THINK_END = "</think>"
 _FENCE = re.compile(r"```[\w-]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
 
 INSTRUCTIONS = {
@@ -137,10 +138,12 @@ def build_instruction(
 def extract_json(answer: str) -> dict | None:
     """The answer's JSON object holding any of the four keys, else None.
 
-    The first code fence that holds a `{` is read, else the whole answer; `json_repair` then reads the object
-    even when prose surrounds it, commas trail or the answer stops half-way (the open brackets are closed).
-    When it finds several values, the first object with one of the four keys is taken.
+    A reasoning model's thoughts (up to the last `</think>`) are skipped. The first code fence that holds a `{`
+    is read, else the whole answer; `json_repair` then reads the object even when prose surrounds it, commas
+    trail or the answer stops half-way (the open brackets are closed). When it finds several values, the first
+    object with one of the four keys is taken.
     """
+    answer = answer.rpartition(_THINK_END)[2]
     fenced = [block for block in _FENCE.findall(answer) if "{" in block]
     value = json_repair.loads(fenced[0] if fenced else answer)
     candidates = value if isinstance(value, list) else [value]

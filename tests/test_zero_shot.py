@@ -184,6 +184,10 @@ def test_unusable_answers_give_empty_predictions_never_errors(answer, issue):
 def test_extract_json_takes_the_object_with_the_task_keys():
     assert extract_json('{"note": 1} then {"chains": [[0]]}') == {"chains": [[0]]}
     assert extract_json("```python\nprint(1)\n```") is None
+    draft = '<think>A draft: {"entities": [], "chains": []}. Now the answer.</think>'
+    assert extract_json(draft + '```json\n{"entities": [{"text": "Obama", "type": "PER"}]}\n```') == {
+        "entities": [{"text": "Obama", "type": "PER"}]
+    }
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
