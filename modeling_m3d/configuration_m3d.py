@@ -1,6 +1,5 @@
 """M³D model configuration."""
 
-
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -153,7 +152,13 @@ class M3DConfig(PreTrainedConfig):
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"M3DConfig: `{name}` must be >= 1, got {getattr(self, name)}.")
-        non_negative = ["relation_context", "grounding_none_weight", "vae_kl_weight", "dropout", "initializer_range"]
+        non_negative = [
+            "relation_context",
+            "grounding_none_weight",
+            "vae_kl_weight",
+            "dropout",
+            "initializer_range",
+        ]
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"M3DConfig: `{name}` must be >= 0, got {getattr(self, name)}.")

@@ -1,4 +1,4 @@
-"""Decoding of M³D outputs into the metric formats (DESIGN §4).
+"""Decoding of M³D outputs into the metric formats (`modeling_m3d.schema`).
 
 Viterbi tags → entity spans, coreference pairs → chains (connected components), relation and grounding-slot
 selection: pure tensor functions, vectorised over the batch, then the conversion to per-document dicts.
@@ -209,7 +209,7 @@ def documents_from_decoded(
 ) -> list[dict]:
     """An `M3DDecoderOutput` → one document per row: `entities`, `chains` (predicted chains, as mention lists,
     numbered as `decoded.mention_chain`), `relations` (with the indices of their predicted chains) and
-    `groundings` (frames of the row, through `frame_indices`), in the metric formats of DESIGN §4."""
+    `groundings` (frames of the row, through `frame_indices`), in the document format of `modeling_m3d.schema`."""
     batch = decoded.mention_spans.shape[0]
     chains = _chain_mentions(decoded.mention_spans, decoded.mention_chain)
     return [

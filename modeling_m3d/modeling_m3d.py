@@ -1040,7 +1040,7 @@ class M3DModel(M3DPreTrainedModel):
 
     def predict(self, protocol: str = "end_to_end", grounding_threshold: float = 0.0, **batch) -> list[dict]:
         """`decode` then the post-processing of [`M3DProcessor.post_process_extraction`], with the config's
-        label sets: one document per row in the metric formats (DESIGN §4)."""
+        label sets: one document per row in the document format of `modeling_m3d.schema`."""
         decoded = self.decode(**batch, protocol=protocol, grounding_threshold=grounding_threshold)
         return documents_from_decoded(
             decoded,

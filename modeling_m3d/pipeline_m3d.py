@@ -7,7 +7,7 @@ from transformers import pipeline
 extractor = pipeline("m3d-extraction", model="path/to/m3d-model")
 extractor({"video": "clip.mp4", "subtitles": "clip.srt"})  # a raw clip
 extractor({"text": "Peter's father, Patrick ...", "frames": ["f0.jpg", "f1.jpg"]})  # text and frames
-extractor(dataset["test"][0], protocol="gold_pairs")  # a schema row (DESIGN §2)
+extractor(dataset["test"][0], protocol="gold_pairs")  # a schema row (`modeling_m3d.schema`)
 extractor(rows, batch_size=8, threshold=0.5)  # many clips, confident groundings only
 ```
 
@@ -47,7 +47,7 @@ def _open_image(frame: Any, where: str) -> Image.Image | Mapping:
 
 
 def to_schema_row(inputs: Mapping, lang: str = "en", num_frames: int = 8) -> dict:
-    """Turn one pipeline input into a DESIGN §2 schema row.
+    """Turn one pipeline input into a schema row (`modeling_m3d.schema`).
 
     Accepted inputs: a schema row (has `tokens`); `{"text": str, "frames": [paths or PIL images]}` (text
     tokenised like the release); `{"video": path, "subtitles": path}` (frames sampled with

@@ -1,4 +1,4 @@
-"""Processor for M³D: schema rows (DESIGN §2) to the model's batch (words, frames, labels, masks), and the
+"""Processor for M³D: schema rows (`modeling_m3d.schema`) to the model's batch (words, frames, labels, masks), and the
 model's decoded tensors back to documents (`post_process_extraction`).
 
 The processor is also the collator: ``DataLoader(rows, collate_fn=processor.collate)``.
@@ -121,7 +121,7 @@ def coreference_labels(entity_chain: torch.Tensor, entity_mask: torch.Tensor) ->
 
 class M3DProcessor(ProcessorMixin):
     r"""
-    Turns M³D schema rows (DESIGN §2) into a model batch: words (EN) or characters (ZH) into sub-word pieces
+    Turns M³D schema rows (`modeling_m3d.schema`) into a model batch: words (EN) or characters (ZH) into sub-word pieces
     with their word ids, frames into normalised pixel values, and, for annotated rows, the labels of the four
     tasks (BIO tags, coreference and relation matrices, grounding boxes), padded with masks.
 
@@ -220,7 +220,7 @@ class M3DProcessor(ProcessorMixin):
         return self(rows, return_tensors="pt")
 
     def post_process_extraction(self, decoded, batch: Mapping[str, torch.Tensor] | None = None) -> list[dict]:
-        """[`M3DModel.decode`]'s tensors → one document per row, in the metric formats of DESIGN §4:
+        """[`M3DModel.decode`]'s tensors → one document per row, in the document format of `modeling_m3d.schema`:
 
         - `entities`: `[{"start", "end", "type"}]`, word spans `[start, end)` of the row's `tokens`;
         - `chains`: predicted chains, each a list of mentions `[start, end]`, numbered as the decoder's chain ids;

@@ -8,7 +8,19 @@ needs neither torch nor a video library.
   the release's annotation files (33 in its dev files; the paper counts 34).
 - A document's *tokens* are the units its annotation indexes: English `doc.split(" ")` (the release's documents
   keep words and punctuation apart with single spaces), Chinese one per character.
-- A *reference* (`reference_document`) is a schema row (DESIGN §2) in the metric formats of DESIGN §4.
+- A *reference* (`reference_document`) is a schema row in the document format below.
+
+A **schema row** (one clip; the `datasets` features of the `M3D` builder): `id`, `lang`, `video_id`, `video_title`
+(strings); `tokens` (list of strings; empty = text missing); `subtitles` (list of `{start_time, end_time, text}`,
+seconds); `entities` (list of `{start, end, type, chain}`: a token span `[start, end)`, an entity type, the index of
+its chain in `chains`); `chains` (list of `{id, type}`, release order); `relations` (list of `{subject, object, type}`,
+chain indices, the release's `link2` as subject); `frames` (images in temporal order; empty = video missing);
+`groundings` (list of `{frame, type, box}`: an index into `frames`, a grounding type, `(cx, cy, w, h)` in [0, 1]).
+Types are names or `ClassLabel` indices.
+
+A **document** (the metric formats; predictions and references alike): `entities` `[{start, end, type}]`; `chains`
+`[[[start, end], ...], ...]`; `relations` `[{subject: [[start, end], ...], object: [...], type}]` (chains as their
+mention lists); `groundings` `[{frame, type, box}]` (a prediction's box may carry a `score`).
 """
 
 from __future__ import annotations
@@ -70,7 +82,7 @@ SYMMETRIC_RELATION_TYPES = frozenset(
     }
 )
 
-# How chains and relations are decoded and scored (DESIGN §3): "gold_pairs" (the paper's: over the gold entities
+# How chains and relations are decoded and scored: "gold_pairs" (the paper's: over the gold entities
 # and chains) or "end_to_end" (predicted entities -> predicted chains -> relations between them).
 PROTOCOLS = ("gold_pairs", "end_to_end")
 
@@ -150,7 +162,7 @@ def reference_document(
     entity_types: Sequence[str] = ENTITY_TYPES,
     grounding_types: Sequence[str] = GROUNDING_TYPES,
 ) -> dict[str, list]:
-    """A schema row (DESIGN §2) as the reference `{entities, chains, relations, groundings}` of DESIGN §4.
+    """A schema row as its reference document `{entities, chains, relations, groundings}` (formats above).
 
     Integer types (`ClassLabel`) are named by `entity_types` / `grounding_types`, integer relation types by
     `relation_types`; string types pass through. Chains list their entities' mentions `[start, end]` in entity
