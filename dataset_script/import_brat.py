@@ -49,20 +49,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "m3d"))
-
-from m3d_release import (  # noqa: E402
-    ENTITY_TYPES,
-    LANGUAGES,
-    M3DFormatError,
-    join_tokens,
-    list_frames,
-    read_release_file,
-    record_to_example,
-    tokenize,
-)
-
-from modeling_m3d.configuration_m3d import RELATION_TYPES  # noqa: E402
+from modeling_m3d.release import M3DFormatError, list_frames, read_release_file, record_to_example
+from modeling_m3d.schema import ENTITY_TYPES, LANGUAGES, RELATION_TYPES, join_tokens, tokenize
 
 SPLITS = ("train", "dev", "test")
 COREF = "Coref"

@@ -14,33 +14,22 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import datasets
 import matplotlib
 import numpy as np
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from train import DataArguments, load_splits
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
+from modeling_m3d.data import DataArguments, load_splits, modality_manifest
+from modeling_m3d.modality import MODALITY_MODES, build_modality_manifest
+from modeling_m3d.schema import PROTOCOLS, TASK_NAMES, TASKS
 from modeling_m3d.scoring import m3d_scores, relation_scores
-from modeling_m3d.training import (
-    MODALITY_MODES,
-    TASK_NAMES,
-    TASKS,
-    ModalityCollator,
-    build_modality_manifest,
-    flatten_scores,
-    load_manifest,
-    predict_split,
-    results_table,
-)
+from modeling_m3d.training import ModalityCollator, flatten_scores, predict_split, results_table
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-PROTOCOLS = ("gold_pairs", "end_to_end")
 
 
 @dataclass
@@ -53,7 +42,9 @@ class EvalArguments:
     )
     output_dir: str | None = field(default=None, metadata={"help": "Default: <model_dir>/evaluation."})
     sweep_ratios: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    sweep_protocol: Literal["gold_pairs", "end_to_end"] = field(default="gold_pairs", metadata={"help": "Protocol of the sweep and the per-type F1."})
+    sweep_protocol: str = field(
+        default="gold_pairs", metadata={"help": "Protocol of the sweep and the per-type F1.", "choices": PROTOCOLS}
+    )
     per_device_eval_batch_size: int = 4
 
 
@@ -123,11 +114,7 @@ def main() -> None:
         raise ValueError(f"--split {args.split!r}: {missing} not in the data (splits: {sorted(splits)})")
     rows = datasets.concatenate_datasets([splits[name] for name in names])
     split_ids = {name: list(splits[name]["id"]) for name in names}
-    if data_args.modality_manifest:
-        modes = joined(load_manifest(data_args.modality_manifest, split_ids), names)
-    else:
-        manifest = build_modality_manifest(split_ids, data_args.missing_modality_ratio, data_args.modality_seed)
-        modes = joined(manifest, names)
+    modes = joined(modality_manifest(data_args, {name: splits[name] for name in names}), names)
 
     report = {"split": args.split, "documents": len(rows), "protocols": {}, "missing_ratio_sweep": {}}
     batch_size = args.per_device_eval_batch_size

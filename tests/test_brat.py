@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "dataset_script"))
+from modeling_m3d.release import M3DFormatError
+from modeling_m3d.synthetic import write_synthetic_release
 
-from import_brat import M3DFormatError, export_brat, import_brat, main  # noqa: E402
-from make_synthetic import write_synthetic_release  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "dataset_script"))  # the command-line tool under test
+
+from import_brat import export_brat, import_brat, main  # noqa: E402
 
 REAL = REPO.parent / "shared" / "m3d"
 

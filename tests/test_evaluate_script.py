@@ -8,12 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from modeling_m3d.synthetic import write_synthetic_release
+from modeling_m3d.testing import tiny_model_and_processor
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "dataset_script"))
-
-from make_synthetic import write_synthetic_release  # noqa: E402
-
-from modeling_m3d.testing import tiny_model_and_processor  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
