@@ -66,9 +66,7 @@ def prepare_config(
     lang: str, data_dir: str, image_dir: str | None, work_dir: Path, target: Path, max_shard_size: str
 ) -> DatasetInfo:
     """Build one config with the builder as parquet and move its shards to ``target/<split>-*.parquet``."""
-    builder = M3D(
-        config_name=lang, data_dir=data_dir, image_dir=image_dir, cache_dir=str(work_dir / "cache")
-    )
+    builder = M3D(config_name=lang, data_dir=data_dir, image_dir=image_dir, cache_dir=str(work_dir / "cache"))
     prepared = work_dir / "prepared" / lang
     builder.download_and_prepare(
         output_dir=str(prepared), file_format="parquet", max_shard_size=max_shard_size

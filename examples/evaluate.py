@@ -37,18 +37,23 @@ class EvalArguments:
     model_dir: str = field(metadata={"help": "A folder written by train.py (model, processor, manifest)."})
     split: str = field(
         default="test",
-        metadata={"help": "train, validation or test (see train.py's split flags), or several joined by +, as in "
-                  "datasets: validation+test."},
+        metadata={
+            "help": "train, validation or test (see train.py's split flags), or several joined by +, as in "
+            "datasets: validation+test."
+        },
     )
     output_dir: str | None = field(default=None, metadata={"help": "Default: <model_dir>/evaluation."})
     sweep_ratios: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     sweep_protocol: str = field(
-        default="gold_pairs", metadata={"help": "Protocol of the sweep and the per-type F1.", "choices": PROTOCOLS}
+        default="gold_pairs",
+        metadata={"help": "Protocol of the sweep and the per-type F1.", "choices": PROTOCOLS},
     )
     per_device_eval_batch_size: int = 4
 
 
-def decode(accelerator, model, processor, rows, modes: dict, protocol: str, batch_size: int) -> tuple[list, list]:
+def decode(
+    accelerator, model, processor, rows, modes: dict, protocol: str, batch_size: int
+) -> tuple[list, list]:
     """Predictions and references of `rows`, each with its assigned modality dropped."""
     loader = DataLoader(rows, batch_size=batch_size, collate_fn=ModalityCollator(processor, modes, True))
     return predict_split(accelerator, model, accelerator.prepare(loader), protocol, progress=False)
@@ -104,7 +109,8 @@ def main() -> None:
     model_dir = Path(args.model_dir)
     output_dir = Path(args.output_dir or model_dir / "evaluation")
     output_dir.mkdir(parents=True, exist_ok=True)
-    model = accelerator.prepare_model(AutoModel.from_pretrained(model_dir), evaluation_mode=True)  # a full copy per process
+    # evaluation only: a full copy per process, whatever wrapped the model in training
+    model = accelerator.prepare_model(AutoModel.from_pretrained(model_dir), evaluation_mode=True)
     processor = AutoProcessor.from_pretrained(model_dir)
     with accelerator.main_process_first():
         splits = load_splits(data_args, output_dir)

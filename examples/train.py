@@ -77,10 +77,14 @@ class ModelArguments:
     vision_encoder: str | None = field(
         default=None, metadata={"help": "Hub name or local folder of the frame encoder (ViT-like)."}
     )
-    vocab_size: int = field(default=8000, metadata={"help": "WordPiece vocabulary trained on the training split (EN)."})
+    vocab_size: int = field(
+        default=8000, metadata={"help": "WordPiece vocabulary trained on the training split (EN)."}
+    )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": 'JSON object of M3DConfig fields, e.g. {"dropout": 0, "text_config": {"hidden_size": 64}}.'},
+        metadata={
+            "help": 'JSON object of M3DConfig fields, e.g. {"dropout": 0, "text_config": {"hidden_size": 64}}.'
+        },
     )
 
 
@@ -88,29 +92,42 @@ class ModelArguments:
 class TrainArguments:
     output_dir: str = "outputs/m3d-tiny"
     seed: int = 42
-    seeds: list[int] | None = field(default=None, metadata={"help": "Several seeds: mean and variance (Table III)."})
+    seeds: list[int] | None = field(
+        default=None, metadata={"help": "Several seeds: mean and variance (Table III)."}
+    )
     recipe: str | None = field(
         default=None,
         metadata={"help": "paper or small (modeling_m3d.training.RECIPES); default: paper with --text_encoder, "
                   "else small.", "choices": sorted(RECIPES)},
     )  # fmt: skip
-    num_train_epochs: int | None = field(default=None, metadata={"help": "Default: the recipe's (paper: 20)."})
+    num_train_epochs: int | None = field(
+        default=None, metadata={"help": "Default: the recipe's (paper: 20)."}
+    )
     max_train_steps: int | None = None
-    per_device_train_batch_size: int | None = field(default=None, metadata={"help": "Default: the recipe's (1)."})
+    per_device_train_batch_size: int | None = field(
+        default=None, metadata={"help": "Default: the recipe's (1)."}
+    )
     per_device_eval_batch_size: int = 4
     gradient_accumulation_steps: int = 1
-    learning_rate: float | None = field(default=None, metadata={"help": "Non-encoder modules; default: the recipe's."})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Non-encoder modules; default: the recipe's."}
+    )
     encoder_learning_rate: float | None = field(default=None, metadata={"help": "Default: the recipe's."})
     weight_decay: float | None = field(default=None, metadata={"help": "Default: the recipe's (0)."})
     warmup_steps: int | None = field(default=None, metadata={"help": "Default: the recipe's (0)."})
     max_grad_norm: float | None = field(default=None, metadata={"help": "Default: the recipe's (5.0)."})
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     report_to: str = field(default="none", metadata={"help": "Tracker names (comma-separated), all or none."})
-    checkpointing_steps: int | None = field(default=None, metadata={"help": "save_state every N optimizer steps."})
+    checkpointing_steps: int | None = field(
+        default=None, metadata={"help": "save_state every N optimizer steps."}
+    )
     resume_from_checkpoint: str | None = None
     protocol: str = field(
         default="gold_pairs",
-        metadata={"help": "How validation and test decode chains and relations (DESIGN §3).", "choices": PROTOCOLS},
+        metadata={
+            "help": "How validation and test decode chains and relations (DESIGN §3).",
+            "choices": PROTOCOLS,
+        },
     )
     push_to_hub: bool = False
     hub_model_id: str | None = None
@@ -170,7 +187,10 @@ def build_model_and_processor(
     recipe's `text_config`). The recipe's `model_config`, then --config_overrides, set M3DConfig fields."""
     overrides = config_overrides(model_args)
     nested = {key: value for key, value in overrides.items() if isinstance(value, dict)}
-    top_level = {**recipe.model_config, **{key: value for key, value in overrides.items() if key not in nested}}
+    top_level = {
+        **recipe.model_config,
+        **{key: value for key, value in overrides.items() if key not in nested},
+    }
     if model_args.text_encoder is None:
         if model_args.vision_encoder:
             raise ValueError("--vision_encoder needs --text_encoder (tiny encoders are built only as a pair)")
@@ -186,7 +206,10 @@ def build_model_and_processor(
         vision, image_processor = model_args.vision_encoder, _image_processor(model_args.vision_encoder)
     else:  # a text encoder alone: the frames go through a tiny ViT built from its config
         vision_config = tiny_config(tokenizer).vision_config
-        vision, image_processor = AutoModel.from_config(vision_config, add_pooling_layer=False), tiny_image_processor()
+        vision, image_processor = (
+            AutoModel.from_config(vision_config, add_pooling_layer=False),
+            tiny_image_processor(),
+        )
     model = M3DModel.from_encoders_pretrained(model_args.text_encoder, vision, max_frames=data_args.max_frames,
                                               **top_level)  # fmt: skip
     return model, make_processor(model.config, tokenizer, image_processor, data_args.lang)
@@ -267,7 +290,9 @@ def train(
     )  # fmt: skip
     eval_dataloaders = {
         name: DataLoader(
-            split, batch_size=args.per_device_eval_batch_size, generator=torch.Generator(),
+            split,
+            batch_size=args.per_device_eval_batch_size,
+            generator=torch.Generator(),
             collate_fn=ModalityCollator(processor, manifest[name], with_references=True),
         )  # fmt: skip
         for name, split in splits.items()
@@ -286,14 +311,18 @@ def train(
         recipe.lr_scheduler_type, optimizer, recipe.warmup_steps * accelerator.num_processes,
         total_steps * accelerator.num_processes,
     )  # fmt: skip
-    model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
+    model, optimizer, train_dataloader, scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, scheduler
+    )
     eval_dataloaders = {name: accelerator.prepare(loader) for name, loader in eval_dataloaders.items()}
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_average_f1": None, "best_epoch": None,
              "history": []}  # fmt: skip
     if args.resume_from_checkpoint:
         accelerator.load_state(args.resume_from_checkpoint)
-        state = json.loads((Path(args.resume_from_checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+        state = json.loads(
+            (Path(args.resume_from_checkpoint) / "trainer_state.json").read_text(encoding="utf-8")
+        )
         logger.info(f"Resumed from {args.resume_from_checkpoint} at epoch {state['epoch']}, "
                     f"batch {state['step_in_epoch']}", main_process_only=True)  # fmt: skip
 
@@ -355,12 +384,16 @@ def train(
 def evaluate_epoch(accelerator: Accelerator, model, loader, protocol: str, state: dict) -> dict[str, float]:
     """The flat validation scores (`eval_*`) of the epoch just trained, printed and logged."""
     scores = flatten_scores(predict_and_score(accelerator, model, loader, protocol), "eval_")
-    accelerator.print(f"epoch {state['epoch'] - 1} (validation, {protocol})\n{results_table(scores, 'eval_')}")
+    accelerator.print(
+        f"epoch {state['epoch'] - 1} (validation, {protocol})\n{results_table(scores, 'eval_')}"
+    )
     accelerator.log(scores, step=state["global_step"])
     return scores
 
 
-def final_scores(accelerator: Accelerator, loaders: dict, protocol: str, state: dict, output_dir: Path) -> dict:
+def final_scores(
+    accelerator: Accelerator, loaders: dict, protocol: str, state: dict, output_dir: Path
+) -> dict:
     """Scores of the best epoch's weights on the test split, else on validation. The saved model is loaded again and
     prepared for evaluation only (a full copy per process), whatever wraps or shards the training model."""
     split = "test" if "test" in loaders else "validation"
@@ -369,7 +402,9 @@ def final_scores(accelerator: Accelerator, loaders: dict, protocol: str, state: 
     best = accelerator.prepare_model(M3DModel.from_pretrained(output_dir), evaluation_mode=True)
     prefix = "test_" if split == "test" else "eval_"
     results = flatten_scores(predict_and_score(accelerator, best, loaders[split], protocol), prefix)
-    accelerator.print(f"{split} ({protocol}, best epoch {state['best_epoch']})\n{results_table(results, prefix)}")
+    accelerator.print(
+        f"{split} ({protocol}, best epoch {state['best_epoch']})\n{results_table(results, prefix)}"
+    )
     return results
 
 
@@ -384,17 +419,26 @@ def write_outputs(model_args, data_args, args, recipe: Recipe, results: dict, ou
         push(args, output_dir)
 
 
-def flat_config(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments, recipe: Recipe) -> dict:
+def flat_config(
+    model_args: ModelArguments, data_args: DataArguments, args: TrainArguments, recipe: Recipe
+) -> dict:
     """Run arguments and the recipe's values (`recipe_*`) as tracker hyper-parameters (scalars only)."""
     merged = {**asdict(model_args), **asdict(data_args), **asdict(args)}
     merged.update({f"recipe_{key}": value for key, value in recipe.to_dict().items()})
-    return {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in merged.items()}
+    return {
+        key: value if isinstance(value, (int, float, str, bool)) else str(value)
+        for key, value in merged.items()
+    }
 
 
 def write_card(
     model_args, data_args, args, recipe: Recipe, results: dict, split: str, output_dir: Path, prefix: str
 ) -> None:
-    base = [name for name in (model_args.text_encoder, model_args.vision_encoder) if name and not Path(name).exists()]
+    base = [
+        name
+        for name in (model_args.text_encoder, model_args.vision_encoder)
+        if name and not Path(name).exists()
+    ]
     card = model_card(
         {key.replace(prefix, f"{split}_", 1): value for key, value in results.items()},
         model_name=args.hub_model_id or output_dir.name,
@@ -427,7 +471,9 @@ def main() -> None:
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to.split(","),
         project_dir=args.output_dir,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # a missing modality idles modules
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=True)
+        ],  # a missing modality idles modules
     )
     check_fsdp(accelerator)
     recipe = resolve_recipe(model_args, args)
@@ -459,7 +505,10 @@ def check_fsdp(accelerator: Accelerator) -> None:
 
 def write_seed_results(runs: list[dict], output_dir: Path) -> None:
     """`seeds_results.json`: mean and variance of every score over the seeds (Table III)."""
-    scores = [{key: value for key, value in run.items() if key.endswith(("precision", "recall", "f1"))} for run in runs]
+    scores = [
+        {key: value for key, value in run.items() if key.endswith(("precision", "recall", "f1"))}
+        for run in runs
+    ]
     aggregate = aggregate_seeds(scores)
     (output_dir / "seeds_results.json").write_text(json.dumps(aggregate, indent=2), encoding="utf-8")
     for key, value in aggregate.items():

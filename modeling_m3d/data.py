@@ -26,7 +26,9 @@ ROLES = ("train", "validation", "test")
 class DataArguments:
     """Where the documents come from and how they are cut (command-line flags of the example scripts)."""
 
-    dataset_dir: str | None = field(default=None, metadata={"help": "Local release copy (data/<lang>/, img/)."})
+    dataset_dir: str | None = field(
+        default=None, metadata={"help": "Local release copy (data/<lang>/, img/)."}
+    )
     dataset_name: str | None = field(default=None, metadata={"help": "Hub-native copy (folder or repo id)."})
     lang: str = field(default="en", metadata={"help": "Dataset config: en or zh."})
     train_split: str = "train"
@@ -34,14 +36,19 @@ class DataArguments:
     test_split: str = "test"
     heldout_fraction: float = field(
         default=0.0,
-        metadata={"help": "Carve this fraction of the training split out (seeded), half as validation, half as test."},
+        metadata={
+            "help": "Carve this fraction of the training split out (seeded), half as validation, half as test."
+        },
     )
     max_train_docs: int | None = None
     max_eval_docs: int | None = None
-    synthetic_docs: int = field(default=96, metadata={"help": "Training documents of the embedded synthetic data."})
+    synthetic_docs: int = field(
+        default=96, metadata={"help": "Training documents of the embedded synthetic data."}
+    )
     synthetic_frames: int = 4
     missing_modality_ratio: float = field(
-        default=2 / 3, metadata={"help": "Share of documents missing text or video, half each (paper: thirds)."}
+        default=2 / 3,
+        metadata={"help": "Share of documents missing text or video, half each (paper: thirds)."},
     )
     modality_seed: int = field(default=0, metadata={"help": "Seed of the fixed full/text/video-missing cut."})
     modality_manifest: str | None = field(default=None, metadata={"help": "Reuse this manifest JSON."})
@@ -59,7 +66,11 @@ def load_release(args: DataArguments, workdir: str | Path) -> datasets.DatasetDi
     if data_dir is None:
         name = f"synthetic-{args.lang}-{args.synthetic_docs}docs-{args.synthetic_frames}frames"
         data_dir = write_synthetic_release(
-            Path(workdir) / name, docs=args.synthetic_docs, lang=args.lang, seed=0, frames=args.synthetic_frames
+            Path(workdir) / name,
+            docs=args.synthetic_docs,
+            lang=args.lang,
+            seed=0,
+            frames=args.synthetic_frames,
         )
     builder = M3D(config_name=args.lang, data_dir=str(data_dir), cache_dir=args.cache_dir)
     builder.download_and_prepare()
@@ -78,7 +89,10 @@ def load_splits(args: DataArguments, workdir: str | Path) -> dict[str, datasets.
     else:
         splits = {role: raw[name] for role, name in names.items() if name in raw}
     limits = {"train": args.max_train_docs, "validation": args.max_eval_docs, "test": args.max_eval_docs}
-    return {role: split.select(range(min(len(split), limits[role] or len(split)))) for role, split in splits.items()}
+    return {
+        role: split.select(range(min(len(split), limits[role] or len(split))))
+        for role, split in splits.items()
+    }
 
 
 def carve_heldout(split: datasets.Dataset, fraction: float, seed: int) -> dict[str, datasets.Dataset]:
@@ -86,7 +100,11 @@ def carve_heldout(split: datasets.Dataset, fraction: float, seed: int) -> dict[s
     when only the release's dev file is at hand); the rest is `train`. Each part keeps the split's order."""
     order = np.random.default_rng(seed).permutation(len(split))
     heldout = max(2, round(fraction * len(split)))
-    parts = {"train": order[heldout:], "validation": order[: heldout // 2], "test": order[heldout // 2 : heldout]}
+    parts = {
+        "train": order[heldout:],
+        "validation": order[: heldout // 2],
+        "test": order[heldout // 2 : heldout],
+    }
     return {role: split.select(np.sort(indices)) for role, indices in parts.items()}
 
 

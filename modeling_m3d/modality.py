@@ -53,7 +53,9 @@ def save_manifest(manifest: Mapping, path: str | Path) -> None:
     """Write `manifest` as JSON to `path`, through a temporary file renamed at the end."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as file:
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False
+    ) as file:
         json.dump(manifest, file, indent=2, sort_keys=True)
     os.replace(file.name, path)
 
@@ -86,6 +88,8 @@ def drop_modality(row: Mapping, mode: str) -> dict:
     text tasks are scored on documents that have text and grounding on documents that have video.
     """
     if mode not in MODALITY_MODES:
-        raise ValueError(f"document {row_id(row)!r}: field 'mode' is {mode!r}, expected one of {MODALITY_MODES}")
+        raise ValueError(
+            f"document {row_id(row)!r}: field 'mode' is {mode!r}, expected one of {MODALITY_MODES}"
+        )
     dropped = {"full": (), "text_missing": _TEXT_FIELDS, "video_missing": _VIDEO_FIELDS}[mode]
     return {key: ([] if key in dropped else value) for key, value in row.items()}

@@ -95,28 +95,120 @@ FILLER_TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
 # ORG: (full name, alias); LOC: one name; TIME: a year (EN "1934", ZH "1934年").
 NAMES = {
     "en": {
-        "PER_FIRST": ("Peter", "Anna", "Maria", "John", "Grace", "Oliver", "Sofia", "Henry", "Clara",
-                      "Lucas", "Emma", "Victor", "Helen", "Arthur", "Nora", "Samuel", "Alice", "Daniel"),
-        "PER_LAST": ("Walker", "Bennett", "Morales", "Fischer", "Novak", "Okafor", "Larsen", "Moreau",
-                     "Tanaka", "Keller", "Duarte", "Brennan"),
-        "LOC": ("Leeds", "Lisbon", "Kyoto", "Denver", "Nairobi", "Oslo", "Buenos Aires", "Perth", "Quebec",
-                "Naples", "Cape Town", "Dublin", "Seville", "Krakow", "New Orleans", "Manila"),
-        "ORG": (("Yorkshire Evening News", "Evening News"), ("Northern Rail Company", "Northern Rail"),
-                ("Royal Academy of Music", "Royal Academy"), ("United Steel Works", "United Steel"),
-                ("Harbor City Bank", "Harbor Bank"), ("Atlas Film Studio", "Atlas"),
-                ("Blue River Hospital", "Blue River"), ("National Science Museum", "Science Museum"),
-                ("Pacific Trade Union", "Trade Union"), ("Green Valley College", "Green Valley")),
+        "PER_FIRST": (
+            "Peter",
+            "Anna",
+            "Maria",
+            "John",
+            "Grace",
+            "Oliver",
+            "Sofia",
+            "Henry",
+            "Clara",
+            "Lucas",
+            "Emma",
+            "Victor",
+            "Helen",
+            "Arthur",
+            "Nora",
+            "Samuel",
+            "Alice",
+            "Daniel",
+        ),
+        "PER_LAST": (
+            "Walker",
+            "Bennett",
+            "Morales",
+            "Fischer",
+            "Novak",
+            "Okafor",
+            "Larsen",
+            "Moreau",
+            "Tanaka",
+            "Keller",
+            "Duarte",
+            "Brennan",
+        ),
+        "LOC": (
+            "Leeds",
+            "Lisbon",
+            "Kyoto",
+            "Denver",
+            "Nairobi",
+            "Oslo",
+            "Buenos Aires",
+            "Perth",
+            "Quebec",
+            "Naples",
+            "Cape Town",
+            "Dublin",
+            "Seville",
+            "Krakow",
+            "New Orleans",
+            "Manila",
+        ),
+        "ORG": (
+            ("Yorkshire Evening News", "Evening News"),
+            ("Northern Rail Company", "Northern Rail"),
+            ("Royal Academy of Music", "Royal Academy"),
+            ("United Steel Works", "United Steel"),
+            ("Harbor City Bank", "Harbor Bank"),
+            ("Atlas Film Studio", "Atlas"),
+            ("Blue River Hospital", "Blue River"),
+            ("National Science Museum", "Science Museum"),
+            ("Pacific Trade Union", "Trade Union"),
+            ("Green Valley College", "Green Valley"),
+        ),
         "TIME_SUFFIX": "",
     },
     "zh": {
-        "PER_FIRST": ("建国", "秀英", "志强", "丽华", "文杰", "美玲", "海涛", "晓明", "春梅", "国栋",
-                      "雪峰", "婉清", "子豪", "思远"),
+        "PER_FIRST": (
+            "建国",
+            "秀英",
+            "志强",
+            "丽华",
+            "文杰",
+            "美玲",
+            "海涛",
+            "晓明",
+            "春梅",
+            "国栋",
+            "雪峰",
+            "婉清",
+            "子豪",
+            "思远",
+        ),
         "PER_LAST": ("王", "李", "张", "刘", "陈", "杨", "赵", "黄", "周", "吴", "徐", "孙"),
-        "LOC": ("北京", "上海", "广州", "深圳", "成都", "杭州", "南京", "武汉", "西安", "重庆", "天津",
-                "苏州", "青岛", "昆明", "哈尔滨", "厦门"),
-        "ORG": (("北京大学", "北大"), ("清华大学", "清华"), ("中国银行", "中行"), ("人民日报社", "人民日报"),
-                ("上海电影制片厂", "上影厂"), ("中央电视台", "央视"), ("协和医院", "协和"),
-                ("复旦大学", "复旦"), ("南方钢铁厂", "南钢"), ("国家博物馆", "国博")),
+        "LOC": (
+            "北京",
+            "上海",
+            "广州",
+            "深圳",
+            "成都",
+            "杭州",
+            "南京",
+            "武汉",
+            "西安",
+            "重庆",
+            "天津",
+            "苏州",
+            "青岛",
+            "昆明",
+            "哈尔滨",
+            "厦门",
+        ),
+        "ORG": (
+            ("北京大学", "北大"),
+            ("清华大学", "清华"),
+            ("中国银行", "中行"),
+            ("人民日报社", "人民日报"),
+            ("上海电影制片厂", "上影厂"),
+            ("中央电视台", "央视"),
+            ("协和医院", "协和"),
+            ("复旦大学", "复旦"),
+            ("南方钢铁厂", "南钢"),
+            ("国家博物馆", "国博"),
+        ),
         "TIME_SUFFIX": "年",
     },
 }
@@ -184,7 +276,9 @@ def _sample_relations(rng: random.Random, chains: list[Chain]) -> list[tuple[int
 def _plan_sentences(rng: random.Random, chains: list[Chain], relations, lang: str) -> list[tuple[str, dict]]:
     """Sentence templates with their slot -> chain index bindings, in document order."""
     templates = FILLER_TEMPLATES[lang]
-    plan = [(RELATION_TEMPLATES[kind][lang == "zh"], {"S": subject, "O": obj}) for subject, obj, kind in relations]
+    plan = [
+        (RELATION_TEMPLATES[kind][lang == "zh"], {"S": subject, "O": obj}) for subject, obj, kind in relations
+    ]
     related = {index for subject, obj, _ in relations for index in (subject, obj)}
     for index, chain in enumerate(chains):
         extra = rng.randint(index not in related, 3 if chain.type == "PER" else 2)
@@ -236,8 +330,13 @@ def _subtitles(rng: random.Random, sentences, sentence_mentions, chains: list[Ch
             for chain, start, end in sentence_mentions[i]:
                 text = join_tokens(sentences[i][start:end], lang)
                 chains[chain].mentions.append(
-                    {"type": chains[chain].type, "start": len(tokens) + start, "end": len(tokens) + end,
-                     "text": text, "sent_time": key}
+                    {
+                        "type": chains[chain].type,
+                        "start": len(tokens) + start,
+                        "end": len(tokens) + end,
+                        "text": text,
+                        "sent_time": key,
+                    }
                 )
             tokens += sentences[i]
         clock += duration
@@ -254,12 +353,18 @@ def _make_record(rng: random.Random, video_id: str, frames: list[int], lang: str
     return {
         "doc": join_tokens(tokens, lang),
         "time_sent_pair": time_sent_pair,
-        "relation": [{"link1": f"L{obj}", "link2": f"L{subject}", "type": kind} for subject, obj, kind in relations],
-        "entityLink": {f"L{i}": {"len": len(c.mentions), "link": c.mentions, "type": c.type}
-                       for i, c in enumerate(chains)},
+        "relation": [
+            {"link1": f"L{obj}", "link2": f"L{subject}", "type": kind} for subject, obj, kind in relations
+        ],
+        "entityLink": {
+            f"L{i}": {"len": len(c.mentions), "link": c.mentions, "type": c.type}
+            for i, c in enumerate(chains)
+        },
         "image": frames,
         "video_id": video_id,
-        "video_title": f"The story of {chains[0].forms[0]}" if lang == "en" else f"{chains[0].forms[0]}的故事",
+        "video_title": f"The story of {chains[0].forms[0]}"
+        if lang == "en"
+        else f"{chains[0].forms[0]}的故事",
         "lang": lang,
     }
 
@@ -326,7 +431,9 @@ def write_synthetic_release(
     """
     check_language(lang)
     if docs < 1 or frames < 0 or image_size < 16:
-        raise ValueError(f"need docs >= 1, frames >= 0 and image_size >= 16; got {docs}, {frames}, {image_size}")
+        raise ValueError(
+            f"need docs >= 1, frames >= 0 and image_size >= 16; got {docs}, {frames}, {image_size}"
+        )
     output_dir = Path(output_dir)
     eval_docs = max(2, docs // 4) if eval_docs is None else eval_docs
     data_dir = output_dir / "data" / lang
@@ -341,9 +448,13 @@ def write_synthetic_release(
             record = _make_record(rng, video_id, numbers, lang)
             shutil.rmtree(output_dir / "img" / video_id, ignore_errors=True)
             if frames:
-                types = sorted({chain["type"] for chain in record["entityLink"].values()} & set(GROUNDING_TYPES))
+                types = sorted(
+                    {chain["type"] for chain in record["entityLink"].values()} & set(GROUNDING_TYPES)
+                )
                 _write_frames(rng, output_dir / "img" / video_id, numbers, types, image_size)
             records.append(record)
         video += (count + 4) // 5
-        (data_dir / f"{split}_{lang}.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+        (data_dir / f"{split}_{lang}.json").write_text(
+            json.dumps(records, ensure_ascii=False), encoding="utf-8"
+        )
     return output_dir

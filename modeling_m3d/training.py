@@ -73,8 +73,13 @@ RECIPES = {
         "small",
         encoder_learning_rate=2e-3,
         learning_rate=2e-3,
-        text_config={"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256,
-                     "attention_window": [16, 16]},  # fmt: skip
+        text_config={
+            "hidden_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 256,
+            "attention_window": [16, 16],
+        },  # fmt: skip
         model_config={"bilinear_dim": 64, "relation_context": 2, "grounding_pooling": "slots"},
     ),
 }
@@ -133,7 +138,9 @@ def predict_split(accelerator, model, dataloader, protocol: str, progress: bool 
     predictor = accelerator.unwrap_model(model)
     predictions, references = [], []
     with full_parameters(model):
-        for batch, gold in tqdm(dataloader, desc="eval", disable=not (progress and accelerator.is_main_process)):
+        for batch, gold in tqdm(
+            dataloader, desc="eval", disable=not (progress and accelerator.is_main_process)
+        ):
             with torch.no_grad(), accelerator.autocast():
                 predicted = predictor.predict(**batch, protocol=protocol)
             predictions += accelerator.gather_for_metrics(predicted, use_gather_object=True)
@@ -198,7 +205,9 @@ def flatten_scores(scores: Mapping[str, float], prefix: str = "") -> dict[str, f
     """
     flat = dict(scores)
     for name in ("precision", "recall"):
-        flat.setdefault(f"coref_{name}", sum(scores[f"coref_{group}_{name}"] for group in _CONLL) / len(_CONLL))
+        flat.setdefault(
+            f"coref_{name}", sum(scores[f"coref_{group}_{name}"] for group in _CONLL) / len(_CONLL)
+        )
     return {f"{prefix}{key}": float(value) for key, value in flat.items()}
 
 
@@ -220,7 +229,11 @@ def aggregate_seeds(results: Sequence[Mapping[str, float]]) -> dict[str, dict[st
     aggregate = {}
     for key in keys:
         values = np.asarray([result[key] for result in results], dtype=float)
-        aggregate[key] = {"mean": float(values.mean()), "variance": float(values.var()), "values": values.tolist()}
+        aggregate[key] = {
+            "mean": float(values.mean()),
+            "variance": float(values.var()),
+            "values": values.tolist(),
+        }
     return aggregate
 
 
@@ -242,7 +255,9 @@ def model_card(
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     base_models = list(base_models)
-    metrics = [(f"{task}_{name}", TASK_NAMES[task], name) for task in TASKS for name in ("f1", "precision", "recall")]
+    metrics = [
+        (f"{task}_{name}", TASK_NAMES[task], name) for task in TASKS for name in ("f1", "precision", "recall")
+    ]
     results = [
         EvalResult(
             task_type="token-classification",

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from modeling_m3d import builder as package_builder
-from modeling_m3d import release as m3d_release
 from modeling_m3d.data import DataArguments, load_release, load_splits
+from modeling_m3d.release import record_to_example, release_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "m3d"
@@ -224,7 +224,7 @@ def test_zh_tokens_are_characters_and_nested_mentions_are_kept():
         "video_title": "北大",
         "lang": "zh",
     }
-    example = m3d_release.record_to_example(record, "zh")
+    example = record_to_example(record, "zh")
     assert example["tokens"] == list("北京大学在北京。")
     assert [(e["start"], e["end"], e["type"], e["chain"]) for e in example["entities"]] == [
         (0, 2, "LOC", 1),
@@ -236,7 +236,7 @@ def test_zh_tokens_are_characters_and_nested_mentions_are_kept():
 
 def test_an_empty_document_has_no_tokens():
     record = {**en_record(), "doc": "", "entityLink": {}, "relation": [], "time_sent_pair": {}}
-    assert m3d_release.record_to_example(record, "en")["tokens"] == []
+    assert record_to_example(record, "en")["tokens"] == []
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="real M3D dev files not available")
@@ -391,18 +391,21 @@ def test_splits_by_role_and_a_heldout_carve(release, tmp_path):
     assert sorted(sum(ids.values(), [])) == sorted(record["video_id"] for record in records)
     assert all(part == sorted(part) for part in ids.values())  # each part keeps the file's order
     with pytest.raises(ValueError, match="--train_split 'dev2'"):
-        load_splits(DataArguments(dataset_dir=str(release), train_split="dev2", cache_dir=str(tmp_path / "c")), tmp_path)
+        load_splits(
+            DataArguments(dataset_dir=str(release), train_split="dev2", cache_dir=str(tmp_path / "c")),
+            tmp_path,
+        )
 
 
 def test_download_urls_without_data_dir(tmp_path):
     base = "https://raw.githubusercontent.com/solkx/m3d/main/data"
-    assert m3d_release.release_sources("en") == {
+    assert release_sources("en") == {
         "train": f"{base}/en/train_en.json",
         "validation": f"{base}/en/dev_en.json",
         "test": f"{base}/en/test_en.json",
     }
-    assert m3d_release.release_sources("zh")["validation"] == f"{base}/zh/dev_zh.json"
-    assert m3d_release.release_sources("zh", tmp_path)["test"] == str(
+    assert release_sources("zh")["validation"] == f"{base}/zh/dev_zh.json"
+    assert release_sources("zh", tmp_path)["test"] == str(
         tmp_path.resolve() / "data/zh/test_zh.json"
     )
     builder = m3d.M3D(config_name="zh", cache_dir=str(tmp_path / "cache"))

@@ -52,13 +52,22 @@ def release(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module", params=["en", "zh"])
 def records(release, request) -> list[dict]:
-    return [record for split in ("train", "dev", "test") for record in load_split(release, request.param, split)]
+    return [
+        record for split in ("train", "dev", "test") for record in load_split(release, request.param, split)
+    ]
 
 
 def test_layout_and_split_sizes(release):
-    sizes = {lang: [len(load_split(release, lang, s)) for s in ("train", "dev", "test")] for lang in ("en", "zh")}
+    sizes = {
+        lang: [len(load_split(release, lang, s)) for s in ("train", "dev", "test")] for lang in ("en", "zh")
+    }
     assert sizes == {"en": [24, 6, 6], "zh": [8, 3, 3]}
-    video_ids = [r["video_id"] for lang in ("en", "zh") for s in ("train", "dev", "test") for r in load_split(release, lang, s)]
+    video_ids = [
+        r["video_id"]
+        for lang in ("en", "zh")
+        for s in ("train", "dev", "test")
+        for r in load_split(release, lang, s)
+    ]
     assert len(set(video_ids)) == len(video_ids)
     assert all(v.startswith("video_") and len(v.split("_")) == 3 for v in video_ids)
     assert sorted(p.name for p in (release / "img").iterdir()) == sorted(video_ids)
@@ -74,7 +83,16 @@ def test_builder_reads_every_split(release, lang):
 
 
 def test_record_format_matches_release(records):
-    record_keys = ["doc", "time_sent_pair", "relation", "entityLink", "image", "video_id", "video_title", "lang"]
+    record_keys = [
+        "doc",
+        "time_sent_pair",
+        "relation",
+        "entityLink",
+        "image",
+        "video_id",
+        "video_title",
+        "lang",
+    ]
     for record in records:
         assert list(record) == record_keys
         assert list(record["entityLink"]) == [f"L{i}" for i in range(len(record["entityLink"]))]
@@ -152,7 +170,9 @@ def test_relation_cues_determine_type(records):
     assert len(set(cues.values())) == len(cues)
     for record in records:
         tokens = tokens_of(record)
-        mentions = {link: [(m["start"], m["end"]) for m in c["link"]] for link, c in record["entityLink"].items()}
+        mentions = {
+            link: [(m["start"], m["end"]) for m in c["link"]] for link, c in record["entityLink"].items()
+        }
         for relation in record["relation"]:
             between = {
                 join_tokens(tokens[s_end:o_start], lang)
@@ -181,7 +201,11 @@ def test_frames_and_yolo_boxes(release, records):
                 assert kind in GROUNDING_TYPES
                 assert -1e-6 <= min(cx - w / 2, cy - h / 2) and max(cx + w / 2, cy + h / 2) <= 1 + 1e-6
                 assert w >= 0.2 and h >= 0.2
-                centre = pixels[int(cy * size), int(cx * size)] if kind != "ORG" else pixels[int((cy + h / 4) * size), int(cx * size)]
+                centre = (
+                    pixels[int(cy * size), int(cx * size)]
+                    if kind != "ORG"
+                    else pixels[int((cy + h / 4) * size), int(cx * size)]
+                )
                 assert tuple(centre) == SHAPE_COLOURS[kind], (record["video_id"], number, line)
 
 
