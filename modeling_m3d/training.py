@@ -56,6 +56,7 @@ class Recipe:
         return replace(self, **{key: value for key, value in values.items() if value is not None})
 
     def to_dict(self) -> dict:
+        """The recipe as plain JSON-ready values (for all_results.json and trackers)."""
         return asdict(self)
 
 
@@ -79,7 +80,7 @@ RECIPES = {
             "num_attention_heads": 4,
             "intermediate_size": 256,
             "attention_window": [16, 16],
-        },  # fmt: skip
+        },
         model_config={"bilinear_dim": 64, "relation_context": 2, "grounding_pooling": "slots"},
     ),
 }

@@ -405,9 +405,7 @@ def test_download_urls_without_data_dir(tmp_path):
         "test": f"{base}/en/test_en.json",
     }
     assert release_sources("zh")["validation"] == f"{base}/zh/dev_zh.json"
-    assert release_sources("zh", tmp_path)["test"] == str(
-        tmp_path.resolve() / "data/zh/test_zh.json"
-    )
+    assert release_sources("zh", tmp_path)["test"] == str(tmp_path.resolve() / "data/zh/test_zh.json")
     builder = m3d.M3D(config_name="zh", cache_dir=str(tmp_path / "cache"))
     assert builder.config.data_dir is None and builder.config.lang == "zh"
 
