@@ -9,13 +9,14 @@ mixed precision, gradient accumulation, trackers and resumable checkpoints:
         --text_encoder allenai/longformer-base-4096 --vision_encoder google/vit-base-patch16-224
     python examples/train.py args.json                            # or args.yaml: the same fields
 
-The optimizer settings come from a named recipe (`modeling_m3d.training.RECIPES`), printed at the start and stored in
-all_results.json and the model card: `--recipe paper` (Section VI-C: AdamW, learning rate 5e-6 for the encoders and
-1e-3 for the rest, linear schedule, clipping 5.0, 20 epochs, batch size 1), the default with `--text_encoder`; or
-`--recipe small`, the default without one: a WordPiece tokenizer trained on the training split, small encoders
-built from configs (`modeling_m3d.testing`), 2e-3 throughout and three knobs beyond the paper. Flags given
-explicitly (`--learning_rate`, `--num_train_epochs`, ...) override the recipe's values. The missing-modality thirds
-are cut with a fixed seed (written to OUTPUT/modality_manifest.json).
+Without `--text_encoder`, a WordPiece tokenizer is trained on the training split and the encoders are built from
+configs (`modeling_m3d.testing`). The training settings come from a named recipe (`modeling_m3d.training.RECIPES`),
+printed at the start and stored in all_results.json and the model card: `--recipe paper` (Section VI-C: AdamW,
+learning rate 5e-6 for the encoders and 1e-3 for the rest, linear schedule, clipping 5.0, 20 epochs, batch size 1),
+the default with `--text_encoder`; or `--recipe small`, the default without one: 2e-3 throughout, a 2-layer,
+128-wide text encoder when it is built from a config, and three knobs beyond the paper. Flags given explicitly
+(`--learning_rate`, `--num_train_epochs`, ...) override the recipe's values. The missing-modality thirds are cut with
+a fixed seed (written to OUTPUT/modality_manifest.json).
 """
 
 from __future__ import annotations
