@@ -5,9 +5,9 @@
 
 writes ``OUT/<lang>/<split>-NNNNN-of-MMMMM.parquet`` (frames embedded as image bytes, so the copy is
 self-contained) and ``OUT/README.md``, whose YAML ``configs:`` make ``datasets.load_dataset(OUT, "zh")``
-work without a loading script (tested with datasets 5, which no longer runs them). The rows are those of the builder in
-``dataset_script/m3d``. The folder is written in a temporary sibling and renamed when complete, so a
-failure leaves nothing half-written. ``--push`` uploads the same files to the Hub dataset repo ``ID``.
+work without a loading script (tested with datasets 5, which no longer runs them). The rows are those of the builder
+(``dataset_script/m3d``, defined in ``modeling_m3d.builder``). The folder is written in a temporary sibling and
+renamed when complete, so a failure leaves nothing half-written. ``--push`` uploads the same files to the Hub dataset repo ``ID``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,9 +23,8 @@ import pyarrow.parquet as pq
 from datasets.info import DatasetInfo, DatasetInfosDict
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "m3d"))
-import m3d  # noqa: E402  (the builder module: datasets re-imports it by name)
-from m3d_release import LANGUAGES  # noqa: E402
+from modeling_m3d.builder import M3D
+from modeling_m3d.schema import LANGUAGES
 
 BUILDER_CARD = Path(__file__).resolve().parent / "m3d" / "README.md"
 CARD_SECTIONS = ("Dataset description", "Schema", "Getting the frames", "Citation")
@@ -68,9 +66,7 @@ def prepare_config(
     lang: str, data_dir: str, image_dir: str | None, work_dir: Path, target: Path, max_shard_size: str
 ) -> DatasetInfo:
     """Build one config with the builder as parquet and move its shards to ``target/<split>-*.parquet``."""
-    builder = m3d.M3D(
-        config_name=lang, data_dir=data_dir, image_dir=image_dir, cache_dir=str(work_dir / "cache")
-    )
+    builder = M3D(config_name=lang, data_dir=data_dir, image_dir=image_dir, cache_dir=str(work_dir / "cache"))
     prepared = work_dir / "prepared" / lang
     builder.download_and_prepare(
         output_dir=str(prepared), file_format="parquet", max_shard_size=max_shard_size

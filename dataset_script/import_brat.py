@@ -49,20 +49,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "m3d"))
-
-from m3d_release import (  # noqa: E402
-    ENTITY_TYPES,
-    LANGUAGES,
-    M3DFormatError,
-    join_tokens,
-    list_frames,
-    read_release_file,
-    record_to_example,
-    tokenize,
-)
-
-from modeling_m3d.configuration_m3d import RELATION_TYPES  # noqa: E402
+from modeling_m3d.release import M3DFormatError, list_frames, read_release_file, record_to_example
+from modeling_m3d.schema import ENTITY_TYPES, LANGUAGES, RELATION_TYPES, join_tokens, tokenize
 
 SPLITS = ("train", "dev", "test")
 COREF = "Coref"
@@ -120,14 +108,20 @@ def read_brat_document(
         mention["text"] = join_tokens(tokens[mention["start"] : mention["end"]], lang)
         mention["sent_time"] = notes.get(mention_id, holder[mention["start"]])
         if mention["sent_time"] not in (None, *sidecar["time_sent_pair"]):
-            raise M3DFormatError(f"{ann_path}: note on {mention_id}: field 'sent_time': "
-                                 f"{mention['sent_time']!r} is not a time_sent_pair key")
+            raise M3DFormatError(
+                f"{ann_path}: note on {mention_id}: field 'sent_time': "
+                f"{mention['sent_time']!r} is not a time_sent_pair key"
+            )
     record = {
         "doc": doc,
         "time_sent_pair": sidecar["time_sent_pair"],
         "relation": _chain_relations(relations, mentions, mention_chain, relation_types),
         "entityLink": {
-            f"L{index}": {"len": len(ids), "link": [mentions[i] for i in ids], "type": mentions[ids[0]]["type"]}
+            f"L{index}": {
+                "len": len(ids),
+                "link": [mentions[i] for i in ids],
+                "type": mentions[ids[0]]["type"],
+            }
             for index, ids in enumerate(chains)
         },
         "image": sidecar["image"],
@@ -145,12 +139,16 @@ def import_brat(brat_dir: str | Path, output_dir: str | Path, lang: str, split: 
     included) before anything is written.
     """
     if lang not in LANGUAGES or split not in SPLITS:
-        raise ValueError(f"lang must be one of {LANGUAGES} and split one of {SPLITS}; got {lang!r}, {split!r}")
+        raise ValueError(
+            f"lang must be one of {LANGUAGES} and split one of {SPLITS}; got {lang!r}, {split!r}"
+        )
     brat_dir, output_dir = Path(brat_dir), Path(output_dir)
     split_dir, image_dir = brat_dir / split, brat_dir / "img"
     if not split_dir.is_dir():
         raise FileNotFoundError(f"{split_dir}: no such BRAT folder")
-    conf = next((p for p in (split_dir / "annotation.conf", brat_dir / "annotation.conf") if p.is_file()), None)
+    conf = next(
+        (p for p in (split_dir / "annotation.conf", brat_dir / "annotation.conf") if p.is_file()), None
+    )
     relation_types = read_relation_types(conf)
     documents = []
     for txt_path in sorted(split_dir.glob("*.txt")):
@@ -158,7 +156,9 @@ def import_brat(brat_dir: str | Path, output_dir: str | Path, lang: str, split: 
         documents.append(((index is None, index or 0, txt_path.name), record))
     records = [record for _, record in sorted(documents, key=lambda item: item[0])]
     for index, record in enumerate(records):
-        record_to_example(record, lang, image_dir, source=str(split_dir / f"{record['video_id']}.ann"), index=index)
+        record_to_example(
+            record, lang, image_dir, source=str(split_dir / f"{record['video_id']}.ann"), index=index
+        )
     for record in records:
         _copy_frames(image_dir / record["video_id"], output_dir / "img" / record["video_id"])
     target = output_dir / "data" / lang / f"{split}_{lang}.json"
@@ -178,7 +178,9 @@ def _read_ann(path: Path, raw: str, token_at: dict[int, int], token_after: dict[
         line = AnnLine(path, number, text)
         match = ANNOTATION_ID.fullmatch(line.fields[0])
         if match is None:
-            raise line.error("id", "only T (mention), R (relation), * (Coref) and # (note) lines are supported")
+            raise line.error(
+                "id", "only T (mention), R (relation), * (Coref) and # (note) lines are supported"
+            )
         if match[1] == "T":
             if line.fields[0] in mentions:
                 raise line.error("id", "appears twice")
@@ -212,7 +214,9 @@ def _read_mention(line: AnnLine, raw: str, token_at: dict[int, int], token_after
     if kind not in ENTITY_TYPES:
         raise line.error("type", f"{kind!r} is not one of {ENTITY_TYPES}")
     if raw[start:end] != line.fields[2] or start >= end:
-        raise line.error("text", f"{line.fields[2]!r} does not match the text at [{start}, {end}): {raw[start:end]!r}")
+        raise line.error(
+            "text", f"{line.fields[2]!r} does not match the text at [{start}, {end}): {raw[start:end]!r}"
+        )
     if start not in token_at or end not in token_after:
         raise line.error("span", f"offsets [{start}, {end}) do not fall on token boundaries")
     return {"type": kind, "start": token_at[start], "end": token_after[end]}
@@ -251,7 +255,9 @@ def _read_note(line: AnnLine, mentions: dict[str, dict]) -> tuple[str, str] | No
 
 
 def _chain_relations(
-    relations: list[tuple[AnnLine, str, str]], mentions: dict[str, dict], mention_chain: dict[str, int],
+    relations: list[tuple[AnnLine, str, str]],
+    mentions: dict[str, dict],
+    mention_chain: dict[str, int],
     relation_types: list[str],
 ) -> list[dict[str, str]]:
     """R lines -> release relations (``link2`` = Arg1's chain, ``link1`` = Arg2's), first occurrence kept."""
@@ -267,12 +273,16 @@ def _chain_relations(
 
 def _check_relation(line: AnnLine, kind: str, subject: str, obj: str, relation_types: list[str]) -> None:
     if kind not in relation_types:
-        raise line.error("type", f"relation type {kind!r} is not declared in annotation.conf ({len(relation_types)} types)")
+        raise line.error(
+            "type", f"relation type {kind!r} is not declared in annotation.conf ({len(relation_types)} types)"
+        )
     if kind.split("_")[0] != f"{subject}-{obj}":
         raise line.error("type", f"{kind!r} links a {subject} subject (Arg1) to a {obj} object (Arg2)")
 
 
-def _chains(mentions: dict[str, dict], groups: list[list[str]], path: Path) -> tuple[dict[str, int], list[list[str]]]:
+def _chains(
+    mentions: dict[str, dict], groups: list[list[str]], path: Path
+) -> tuple[dict[str, int], list[list[str]]]:
     """Chains = connected Coref groups; ordered by their lowest T number, mentions by T number."""
     parent = {mention_id: mention_id for mention_id in mentions}
 
@@ -291,14 +301,18 @@ def _chains(mentions: dict[str, dict], groups: list[list[str]], path: Path) -> t
     for ids in chains:
         types = {mentions[i]["type"] for i in ids}
         if len(types) > 1:
-            raise M3DFormatError(f"{path}: field 'Coref': chain {' '.join(ids)} mixes entity types {sorted(types)}")
+            raise M3DFormatError(
+                f"{path}: field 'Coref': chain {' '.join(ids)} mixes entity types {sorted(types)}"
+            )
     return {i: index for index, ids in enumerate(chains) for i in ids}, chains
 
 
 def _subtitle_of_tokens(pairs: dict[str, str], doc: str, lang: str, source: str) -> list[str]:
     """The ``time_sent_pair`` key holding each token; the subtitles must concatenate to the document."""
     if join_tokens(list(pairs.values()), lang) != doc:
-        raise M3DFormatError(f"{source}: field 'time_sent_pair': the subtitles do not concatenate to the .txt text")
+        raise M3DFormatError(
+            f"{source}: field 'time_sent_pair': the subtitles do not concatenate to the .txt text"
+        )
     return [key for key, sentence in pairs.items() for _ in tokenize(sentence, lang)]
 
 
@@ -319,7 +333,9 @@ def _sidecar(txt_path: Path, raw: str, lang: str, frame_dir: str | Path | None) 
         if not isinstance(sidecar.get(key, defaults.get(key)), kind):
             raise M3DFormatError(f"{path}: field {key!r}: expected {kind.__name__}, got {sidecar.get(key)!r}")
     if sidecar.get("lang", lang) != lang:
-        raise M3DFormatError(f"{path}: field 'lang': the sidecar says {sidecar['lang']!r}, importing {lang!r}")
+        raise M3DFormatError(
+            f"{path}: field 'lang': the sidecar says {sidecar['lang']!r}, importing {lang!r}"
+        )
     return sidecar
 
 
@@ -348,8 +364,10 @@ def brat_document(
     source = f"{source} (video_id {record['video_id']!r})"
     tokens = tokenize(record["doc"], lang)
     if "" in tokens:
-        raise M3DFormatError(f"{source}: field 'doc': an empty token (leading, trailing or double space) "
-                             "cannot be represented in BRAT")
+        raise M3DFormatError(
+            f"{source}: field 'doc': an empty token (leading, trailing or double space) "
+            "cannot be represented in BRAT"
+        )
     separator = 1 if lang == "en" else 0
     starts = [0, *accumulate(len(token) + separator for token in tokens)]
     holder = _subtitle_of_tokens(record["time_sent_pair"], record["doc"], lang, source)
@@ -370,13 +388,19 @@ def brat_document(
         for k, relation in enumerate(record["relation"], start=1)
     ]
     sidecar = {key: record[key] for key in ("video_title", "time_sent_pair", "image")}
-    return record["doc"], "".join(f"{line}\n" for line in lines + notes), {"index": index, "lang": lang, **sidecar}
+    return (
+        record["doc"],
+        "".join(f"{line}\n" for line in lines + notes),
+        {"index": index, "lang": lang, **sidecar},
+    )
 
 
 def annotation_conf(relation_types: list[str]) -> str:
     """BRAT ``annotation.conf``: the entity types, Coref as an equivalence, nesting allowed, the relation types."""
-    relations = [f"{kind}\tArg1:{kind.split('_')[0].split('-')[0]}, Arg2:{kind.split('_')[0].split('-')[1]}"
-                 for kind in relation_types]
+    relations = [
+        f"{kind}\tArg1:{kind.split('_')[0].split('-')[0]}, Arg2:{kind.split('_')[0].split('-')[1]}"
+        for kind in relation_types
+    ]
     return "\n".join([
         "# M3D annotation scheme. Relations: Arg1 is the subject (release link2), Arg2 the object (link1).",
         "[entities]", *ENTITY_TYPES, "",
@@ -389,7 +413,9 @@ def annotation_conf(relation_types: list[str]) -> str:
     ])  # fmt: skip
 
 
-def export_brat(data_dir: str | Path, output_dir: str | Path, lang: str, splits: tuple[str, ...] = SPLITS) -> Path:
+def export_brat(
+    data_dir: str | Path, output_dir: str | Path, lang: str, splits: tuple[str, ...] = SPLITS
+) -> Path:
     """Write every split of ``data_dir`` (release layout) present on disk as a BRAT folder; return it.
 
     ``annotation.conf`` declares the default relation types plus any other type the data uses; frames
@@ -400,23 +426,31 @@ def export_brat(data_dir: str | Path, output_dir: str | Path, lang: str, splits:
     paths = {split: data_dir / "data" / lang / f"{split}_{lang}.json" for split in splits}
     records = {split: read_release_file(path) for split, path in paths.items() if path.is_file()}
     if not records:
-        raise FileNotFoundError(f"{data_dir / 'data' / lang}: no {'/'.join(splits)} annotation file for {lang!r}")
+        raise FileNotFoundError(
+            f"{data_dir / 'data' / lang}: no {'/'.join(splits)} annotation file for {lang!r}"
+        )
     documents = {}
     for split, split_records in records.items():
         for index, record in enumerate(split_records):
             record_to_example(record, lang, source=str(paths[split]), index=index)
-        documents[split] = [brat_document(r, lang, index, f"{paths[split]}: document {index}")
-                            for index, r in enumerate(split_records)]
+        documents[split] = [
+            brat_document(r, lang, index, f"{paths[split]}: document {index}")
+            for index, r in enumerate(split_records)
+        ]
     used = {relation["type"] for rs in records.values() for record in rs for relation in record["relation"]}
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "annotation.conf").write_text(annotation_conf(sorted(set(RELATION_TYPES) | used)), encoding="utf-8")
+    (output_dir / "annotation.conf").write_text(
+        annotation_conf(sorted(set(RELATION_TYPES) | used)), encoding="utf-8"
+    )
     for split, split_records in records.items():
         (output_dir / split).mkdir(exist_ok=True)
         for record, (text, ann, sidecar) in zip(split_records, documents[split], strict=True):
             stem = output_dir / split / record["video_id"]
             stem.with_suffix(".txt").write_text(text, encoding="utf-8")
             stem.with_suffix(".ann").write_text(ann, encoding="utf-8")
-            stem.with_suffix(".json").write_text(json.dumps(sidecar, ensure_ascii=False, indent=1), encoding="utf-8")
+            stem.with_suffix(".json").write_text(
+                json.dumps(sidecar, ensure_ascii=False, indent=1), encoding="utf-8"
+            )
             _copy_frames(data_dir / "img" / record["video_id"], output_dir / "img" / record["video_id"])
     return output_dir
 
@@ -432,7 +466,9 @@ def main(argv: list[str] | None = None) -> None:
         args = parser.parse_args(argv[1:])
         print(f"wrote BRAT folder {export_brat(args.data_dir, args.output_dir, args.lang)}")
     else:
-        parser.add_argument("--brat_dir", required=True, type=Path, help="holds <split>/, img/, annotation.conf")
+        parser.add_argument(
+            "--brat_dir", required=True, type=Path, help="holds <split>/, img/, annotation.conf"
+        )
         parser.add_argument("--split", required=True, choices=SPLITS)
         args = parser.parse_args(argv)
         print(f"wrote {import_brat(args.brat_dir, args.output_dir, args.lang, args.split)}")

@@ -21,7 +21,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,8 @@ from PIL import Image
 from transformers import LongformerConfig, ViTConfig, ViTImageProcessorPil
 
 from modeling_m3d import M3DConfig, M3DModel, M3DProcessor
+from modeling_m3d.release import iter_examples
+from modeling_m3d.schema import join_tokens
 from modeling_m3d.testing import build_tokenizer, tiny_model_and_processor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,9 +76,6 @@ def load_dev_rows(dev_file: Path) -> list[dict]:
     """Schema rows of the release file, converted as the builder does (no frames)."""
     if not dev_file.is_file():
         raise SystemExit(f"benchmark: {dev_file} not found; pass --dev_file path/to/dev_en.json")
-    sys.path.insert(0, str(REPO / "dataset_script" / "m3d"))
-    from m3d_release import iter_examples
-
     return list(iter_examples(dev_file, "en"))
 
 
@@ -261,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads or device.type == "cpu":
         torch.set_num_threads(args.threads or 1)
     rows = load_dev_rows(args.dev_file)
-    texts = [" ".join(row["tokens"]) for row in rows]
+    texts = [join_tokens(row["tokens"], "en") for row in rows]
     frames = synthetic_frames(PAPER_FRAMES, args.seed)
     results = {
         "device": str(device),

@@ -14,33 +14,22 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import datasets
 import matplotlib
 import numpy as np
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from train import DataArguments, load_splits
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
+from modeling_m3d.data import DataArguments, load_splits, modality_manifest
+from modeling_m3d.modality import MODALITY_MODES, build_modality_manifest
+from modeling_m3d.schema import PROTOCOLS, TASK_NAMES, TASKS
 from modeling_m3d.scoring import m3d_scores, relation_scores
-from modeling_m3d.training import (
-    MODALITY_MODES,
-    TASK_NAMES,
-    TASKS,
-    ModalityCollator,
-    build_modality_manifest,
-    flatten_scores,
-    load_manifest,
-    predict_split,
-    results_table,
-)
+from modeling_m3d.training import ModalityCollator, flatten_scores, predict_split, results_table
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-PROTOCOLS = ("gold_pairs", "end_to_end")
 
 
 @dataclass
@@ -48,16 +37,23 @@ class EvalArguments:
     model_dir: str = field(metadata={"help": "A folder written by train.py (model, processor, manifest)."})
     split: str = field(
         default="test",
-        metadata={"help": "train, validation or test (see train.py's split flags), or several joined by +, as in "
-                  "datasets: validation+test."},
+        metadata={
+            "help": "train, validation or test (see train.py's split flags), or several joined by +, as in "
+            "datasets: validation+test."
+        },
     )
     output_dir: str | None = field(default=None, metadata={"help": "Default: <model_dir>/evaluation."})
     sweep_ratios: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    sweep_protocol: Literal["gold_pairs", "end_to_end"] = field(default="gold_pairs", metadata={"help": "Protocol of the sweep and the per-type F1."})
+    sweep_protocol: str = field(
+        default="gold_pairs",
+        metadata={"help": "Protocol of the sweep and the per-type F1.", "choices": PROTOCOLS},
+    )
     per_device_eval_batch_size: int = 4
 
 
-def decode(accelerator, model, processor, rows, modes: dict, protocol: str, batch_size: int) -> tuple[list, list]:
+def decode(
+    accelerator, model, processor, rows, modes: dict, protocol: str, batch_size: int
+) -> tuple[list, list]:
     """Predictions and references of `rows`, each with its assigned modality dropped."""
     loader = DataLoader(rows, batch_size=batch_size, collate_fn=ModalityCollator(processor, modes, True))
     return predict_split(accelerator, model, accelerator.prepare(loader), protocol, progress=False)
@@ -113,7 +109,8 @@ def main() -> None:
     model_dir = Path(args.model_dir)
     output_dir = Path(args.output_dir or model_dir / "evaluation")
     output_dir.mkdir(parents=True, exist_ok=True)
-    model = accelerator.prepare_model(AutoModel.from_pretrained(model_dir), evaluation_mode=True)  # a full copy per process
+    # evaluation only: a full copy per process, whatever wrapped the model in training
+    model = accelerator.prepare_model(AutoModel.from_pretrained(model_dir), evaluation_mode=True)
     processor = AutoProcessor.from_pretrained(model_dir)
     with accelerator.main_process_first():
         splits = load_splits(data_args, output_dir)
@@ -123,11 +120,7 @@ def main() -> None:
         raise ValueError(f"--split {args.split!r}: {missing} not in the data (splits: {sorted(splits)})")
     rows = datasets.concatenate_datasets([splits[name] for name in names])
     split_ids = {name: list(splits[name]["id"]) for name in names}
-    if data_args.modality_manifest:
-        modes = joined(load_manifest(data_args.modality_manifest, split_ids), names)
-    else:
-        manifest = build_modality_manifest(split_ids, data_args.missing_modality_ratio, data_args.modality_seed)
-        modes = joined(manifest, names)
+    modes = joined(modality_manifest(data_args, {name: splits[name] for name in names}), names)
 
     report = {"split": args.split, "documents": len(rows), "protocols": {}, "missing_ratio_sweep": {}}
     batch_size = args.per_device_eval_batch_size

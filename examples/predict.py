@@ -22,7 +22,7 @@ from transformers import pipeline
 
 import modeling_m3d  # noqa: F401  (registers the Auto classes and the pipeline)
 from modeling_m3d.pipeline_m3d import M3DExtractionPipeline, to_schema_row
-from modeling_m3d.schema import PROTOCOLS
+from modeling_m3d.schema import LANGUAGES, PROTOCOLS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threshold", type=float, default=0.0, help="Minimum score of a grounding.")
     parser.add_argument(
-        "--lang", choices=("en", "zh"), help="Language of inputs without one (default: the processor's)."
+        "--lang", choices=LANGUAGES, help="Language of inputs without one (default: the processor's)."
     )
     parser.add_argument(
         "--num_frames", type=int, help="Frames sampled per video (default: the processor's max_frames)."

@@ -9,10 +9,14 @@ mixed precision, gradient accumulation, trackers and resumable checkpoints:
         --text_encoder allenai/longformer-base-4096 --vision_encoder google/vit-base-patch16-224
     python examples/train.py args.json                            # or args.yaml: the same fields
 
-The defaults are the paper's recipe (Section VI-C): AdamW, learning rate 5e-6 for pretrained encoders and 1e-3 for
-the rest, linear schedule, clipping 5.0, 20 epochs, batch size 1, the missing-modality thirds cut with a fixed seed
-(written to OUTPUT/modality_manifest.json). Without a pretrained text encoder, a WordPiece tokenizer is trained on the
-training split and small encoders are built from configs (`modeling_m3d.testing`), trained at 1e-3 throughout.
+Without `--text_encoder`, a WordPiece tokenizer is trained on the training split and the encoders are built from
+configs (`modeling_m3d.testing`). The training settings come from a named recipe (`modeling_m3d.training.RECIPES`),
+printed at the start and stored in all_results.json and the model card: `--recipe paper` (Section VI-C: AdamW,
+learning rate 5e-6 for the encoders and 1e-3 for the rest, linear schedule, clipping 5.0, 20 epochs, batch size 1),
+the default with `--text_encoder`; or `--recipe small`, the default without one: 2e-3 throughout, a 2-layer,
+128-wide text encoder when it is built from a config, and three knobs beyond the paper. Flags given explicitly
+(`--learning_rate`, `--num_train_epochs`, ...) override the recipe's values. The missing-modality thirds are cut with
+a fixed seed (written to OUTPUT/modality_manifest.json).
 """
 
 from __future__ import annotations
@@ -41,39 +45,29 @@ from transformers import (
     AutoTokenizer,
     HfArgumentParser,
     ViTImageProcessor,
-    get_linear_schedule_with_warmup,
+    get_scheduler,
 )
 
 from modeling_m3d import M3DConfig, M3DModel, M3DProcessor
+from modeling_m3d.data import DataArguments, load_splits, modality_manifest
+from modeling_m3d.modality import save_manifest
+from modeling_m3d.schema import PROTOCOLS, join_tokens
 from modeling_m3d.testing import build_tokenizer, tiny_config, tiny_image_processor
 from modeling_m3d.training import (
+    RECIPES,
     ModalityCollator,
+    Recipe,
     aggregate_seeds,
-    build_modality_manifest,
+    describe_recipe,
     flatten_scores,
-    load_manifest,
     model_card,
     override_config,
     parameter_groups,
     predict_and_score,
     results_table,
-    save_manifest,
 )
 
 logger = get_logger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ROLES = ("train", "validation", "test")
-# (encoder, other modules): the paper's with pretrained encoders (Section VI-C); both 2e-3 for encoders trained from
-# scratch (real EN dev data: entity F1 +2 over 1e-3 across three held-out cuts, see README).
-PAPER_LEARNING_RATES, TINY_LEARNING_RATES = (5e-6, 1e-3), (2e-3, 2e-3)
-# Without a pretrained text encoder, a small Longformer (2 layers, d_h 128) is trained from scratch: the 32-wide one
-# of `modeling_m3d.testing` is sized for unit tests and does not learn real documents. --config_overrides wins.
-SMALL_TEXT_CONFIG = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256,
-                     "attention_window": [16, 16]}  # fmt: skip
-# With those small encoders, three M3DConfig knobs beyond the paper make relations and grounding generalise to unseen
-# documents (measured on the synthetic test split, see their docstrings): a wider pair scorer, the words around each
-# mention in the chain representations (Eq. 17) and slot queries with reference points over the patches (Eq. 18).
-SMALL_MODEL_CONFIG = {"bilinear_dim": 64, "relation_context": 2, "grounding_pooling": "slots"}
 
 
 @dataclass
@@ -84,59 +78,57 @@ class ModelArguments:
     vision_encoder: str | None = field(
         default=None, metadata={"help": "Hub name or local folder of the frame encoder (ViT-like)."}
     )
-    vocab_size: int = field(default=8000, metadata={"help": "WordPiece vocabulary trained on the training split (EN)."})
+    vocab_size: int = field(
+        default=8000, metadata={"help": "WordPiece vocabulary trained on the training split (EN)."}
+    )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": 'JSON object of M3DConfig fields, e.g. {"dropout": 0, "text_config": {"hidden_size": 64}}.'},
+        metadata={
+            "help": 'JSON object of M3DConfig fields, e.g. {"dropout": 0, "text_config": {"hidden_size": 64}}.'
+        },
     )
-
-
-@dataclass
-class DataArguments:
-    dataset_dir: str | None = field(default=None, metadata={"help": "Local release copy (data/<lang>/, img/)."})
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub-native copy (folder or repo id)."})
-    lang: str = field(default="en", metadata={"help": "Dataset config: en or zh."})
-    train_split: str = "train"
-    eval_split: str = "validation"
-    test_split: str = "test"
-    heldout_fraction: float = field(
-        default=0.0,
-        metadata={"help": "Carve this fraction of the training split out (seeded), half as validation, half as test."},
-    )
-    max_train_docs: int | None = None
-    max_eval_docs: int | None = None
-    synthetic_docs: int = field(default=96, metadata={"help": "Training documents of the embedded synthetic data."})
-    synthetic_frames: int = 4
-    missing_modality_ratio: float = field(
-        default=2 / 3, metadata={"help": "Share of documents missing text or video, half each (paper: thirds)."}
-    )
-    modality_seed: int = field(default=0, metadata={"help": "Seed of the fixed full/text/video-missing cut."})
-    modality_manifest: str | None = field(default=None, metadata={"help": "Reuse this manifest JSON."})
-    max_frames: int = 8
-    cache_dir: str | None = None
 
 
 @dataclass
 class TrainArguments:
     output_dir: str = "outputs/m3d-tiny"
     seed: int = 42
-    seeds: list[int] | None = field(default=None, metadata={"help": "Several seeds: mean and variance (Table III)."})
-    num_train_epochs: int = field(default=20, metadata={"help": "The paper's 20 (Section VI-C)."})
+    seeds: list[int] | None = field(
+        default=None, metadata={"help": "Several seeds: mean and variance (Table III)."}
+    )
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "paper or small (modeling_m3d.training.RECIPES); default: paper with --text_encoder, "
+                  "else small.", "choices": sorted(RECIPES)},
+    )  # fmt: skip
+    num_train_epochs: int | None = field(
+        default=None, metadata={"help": "Default: the recipe's (paper: 20)."}
+    )
     max_train_steps: int | None = None
-    per_device_train_batch_size: int = 1
+    per_device_train_batch_size: int | None = field(
+        default=None, metadata={"help": "Default: the recipe's (1)."}
+    )
     per_device_eval_batch_size: int = 4
     gradient_accumulation_steps: int = 1
-    learning_rate: float | None = field(default=None, metadata={"help": "Non-encoder modules; default 1e-3, tiny encoders 2e-3."})
-    encoder_learning_rate: float | None = field(default=None, metadata={"help": "Default 5e-6, tiny encoders 2e-3."})
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 5.0
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Non-encoder modules; default: the recipe's."}
+    )
+    encoder_learning_rate: float | None = field(default=None, metadata={"help": "Default: the recipe's."})
+    weight_decay: float | None = field(default=None, metadata={"help": "Default: the recipe's (0)."})
+    warmup_steps: int | None = field(default=None, metadata={"help": "Default: the recipe's (0)."})
+    max_grad_norm: float | None = field(default=None, metadata={"help": "Default: the recipe's (5.0)."})
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     report_to: str = field(default="none", metadata={"help": "Tracker names (comma-separated), all or none."})
-    checkpointing_steps: int | None = field(default=None, metadata={"help": "save_state every N optimizer steps."})
+    checkpointing_steps: int | None = field(
+        default=None, metadata={"help": "save_state every N optimizer steps."}
+    )
     resume_from_checkpoint: str | None = None
-    protocol: Literal["gold_pairs", "end_to_end"] = field(
-        default="gold_pairs", metadata={"help": "How validation and test decode chains and relations (DESIGN §3)."}
+    protocol: str = field(
+        default="gold_pairs",
+        metadata={
+            "help": "How validation and test decode chains and relations (DESIGN §3).",
+            "choices": PROTOCOLS,
+        },
     )
     push_to_hub: bool = False
     hub_model_id: str | None = None
@@ -164,57 +156,19 @@ def parse_args() -> tuple[ModelArguments, DataArguments, TrainArguments]:
     return parser.parse_args_into_dataclasses()
 
 
-def load_splits(data_args: DataArguments, workdir: Path) -> dict[str, datasets.Dataset]:
-    """The `train`, `validation` and `test` documents (those present), by role, from --train/eval/test_split."""
-    raw = load_release(data_args, workdir)
-    names = dict(zip(ROLES, (data_args.train_split, data_args.eval_split, data_args.test_split), strict=True))
-    if names["train"] not in raw:
-        raise ValueError(f"--train_split {names['train']!r} is not in the data (splits: {sorted(raw)})")
-    if data_args.heldout_fraction > 0:
-        splits = carve_heldout(raw[names["train"]], data_args.heldout_fraction, data_args.modality_seed)
-    else:
-        splits = {role: raw[name] for role, name in names.items() if name in raw}
-    limits = {"train": data_args.max_train_docs, "validation": data_args.max_eval_docs, "test": data_args.max_eval_docs}
-    return {role: split.select(range(min(len(split), limits[role] or len(split)))) for role, split in splits.items()}
-
-
-def load_release(data_args: DataArguments, workdir: Path) -> datasets.DatasetDict:
-    """The release through the M3D builder, a Hub-native copy, or (neither given) generated synthetic data."""
-    if data_args.dataset_name:
-        return datasets.load_dataset(data_args.dataset_name, data_args.lang, cache_dir=data_args.cache_dir)
-    data_dir = data_args.dataset_dir
-    if data_dir is None:
-        sys.path.insert(0, str(REPO_ROOT / "dataset_script"))
-        from make_synthetic import write_synthetic_release
-
-        # One folder per generation setting: the builder's cache is keyed by the folder's path.
-        name = f"synthetic-{data_args.lang}-{data_args.synthetic_docs}docs-{data_args.synthetic_frames}frames"
-        data_dir = write_synthetic_release(
-            workdir / name, docs=data_args.synthetic_docs, lang=data_args.lang, seed=0, frames=data_args.synthetic_frames
-        )
-    sys.path.insert(0, str(REPO_ROOT / "dataset_script" / "m3d"))
-    import m3d
-
-    builder = m3d.M3D(config_name=data_args.lang, data_dir=str(data_dir), cache_dir=data_args.cache_dir)
-    builder.download_and_prepare()
-    return builder.as_dataset()
-
-
-def carve_heldout(split: datasets.Dataset, fraction: float, seed: int) -> dict[str, datasets.Dataset]:
-    """Hold out a seeded `fraction` of one split, half as validation and half as test (e.g. when only the
-    release's dev file is at hand)."""
-    order = np.random.default_rng(seed).permutation(len(split))
-    heldout = max(2, round(fraction * len(split)))
-    parts = {"train": order[heldout:], "validation": order[: heldout // 2], "test": order[heldout // 2 : heldout]}
-    return {role: split.select(np.sort(indices)) for role, indices in parts.items()}
-
-
-def modality_manifest(data_args: DataArguments, splits: dict[str, datasets.Dataset]) -> dict:
-    """The full / text-missing / video-missing assignment of every document: --modality_manifest, else a new cut."""
-    split_ids = {name: list(split["id"]) for name, split in splits.items()}
-    if data_args.modality_manifest:
-        return load_manifest(data_args.modality_manifest, split_ids)
-    return build_modality_manifest(split_ids, data_args.missing_modality_ratio, data_args.modality_seed)
+def resolve_recipe(model_args: ModelArguments, args: TrainArguments) -> Recipe:
+    """The named recipe (default: `paper` with a pretrained text encoder, else `small`) with the flags given
+    explicitly in its place."""
+    name = args.recipe or ("paper" if model_args.text_encoder else "small")
+    return RECIPES[name].with_overrides(
+        encoder_learning_rate=args.encoder_learning_rate,
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.num_train_epochs,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        max_grad_norm=args.max_grad_norm,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+    )
 
 
 def config_overrides(model_args: ModelArguments) -> dict:
@@ -227,21 +181,23 @@ def config_overrides(model_args: ModelArguments) -> dict:
 
 
 def build_model_and_processor(
-    model_args: ModelArguments, data_args: DataArguments, train_rows: datasets.Dataset
+    model_args: ModelArguments, data_args: DataArguments, recipe: Recipe, train_rows: datasets.Dataset
 ) -> tuple[M3DModel, M3DProcessor]:
     """Pretrained encoders when named (with their tokenizer and image processor), else a tokenizer trained on the
-    training split and small encoders built from configs (`modeling_m3d.testing`, text encoder widened)."""
+    training split and encoders built from configs (`modeling_m3d.testing`, the text encoder's widened by the
+    recipe's `text_config`). The recipe's `model_config`, then --config_overrides, set M3DConfig fields."""
     overrides = config_overrides(model_args)
     nested = {key: value for key, value in overrides.items() if isinstance(value, dict)}
-    top_level = {key: value for key, value in overrides.items() if key not in nested}
+    top_level = {
+        **recipe.model_config,
+        **{key: value for key, value in overrides.items() if key not in nested},
+    }
     if model_args.text_encoder is None:
         if model_args.vision_encoder:
             raise ValueError("--vision_encoder needs --text_encoder (tiny encoders are built only as a pair)")
-        joiner = "" if data_args.lang == "zh" else " "
-        texts = [joiner.join(tokens) for tokens in train_rows["tokens"] if tokens]
+        texts = [join_tokens(tokens, data_args.lang) for tokens in train_rows["tokens"] if tokens]
         tokenizer = build_tokenizer(texts, data_args.lang, vocab_size=model_args.vocab_size)
-        nested["text_config"] = {**SMALL_TEXT_CONFIG, **nested.get("text_config", {})}
-        top_level = {**SMALL_MODEL_CONFIG, **top_level}
+        nested["text_config"] = {**recipe.text_config, **nested.get("text_config", {})}
         config = override_config(tiny_config(tokenizer, max_frames=data_args.max_frames, **top_level), nested)
         return M3DModel(config), make_processor(config, tokenizer, tiny_image_processor(), data_args.lang)
     if nested:
@@ -251,7 +207,10 @@ def build_model_and_processor(
         vision, image_processor = model_args.vision_encoder, _image_processor(model_args.vision_encoder)
     else:  # a text encoder alone: the frames go through a tiny ViT built from its config
         vision_config = tiny_config(tokenizer).vision_config
-        vision, image_processor = AutoModel.from_config(vision_config, add_pooling_layer=False), tiny_image_processor()
+        vision, image_processor = (
+            AutoModel.from_config(vision_config, add_pooling_layer=False),
+            tiny_image_processor(),
+        )
     model = M3DModel.from_encoders_pretrained(model_args.text_encoder, vision, max_frames=data_args.max_frames,
                                               **top_level)  # fmt: skip
     return model, make_processor(model.config, tokenizer, image_processor, data_args.lang)
@@ -304,14 +263,11 @@ def train(
     model_args: ModelArguments,
     data_args: DataArguments,
     args: TrainArguments,
+    recipe: Recipe,
     seed: int,
     output_dir: Path,
 ) -> dict:
     """One training run; returns the flat final scores (`test_*` when the test split exists, else `eval_*`)."""
-    pretrained = bool(model_args.text_encoder or model_args.vision_encoder)
-    epochs = args.num_train_epochs
-    default_encoder_lr, default_lr = PAPER_LEARNING_RATES if pretrained else TINY_LEARNING_RATES
-    encoder_lr, head_lr = args.encoder_learning_rate or default_encoder_lr, args.learning_rate or default_lr
     set_seed(seed)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -321,7 +277,7 @@ def train(
     manifest = modality_manifest(data_args, splits)
     if accelerator.is_main_process:
         save_manifest(manifest, output_dir / "modality_manifest.json")
-    model, processor = build_model_and_processor(model_args, data_args, splits["train"])
+    model, processor = build_model_and_processor(model_args, data_args, recipe, splits["train"])
     limit = model.text_window[0] if model.text_window else math.inf
     for name, split in splits.items():
         logger.info(f"{name}: {len(split)} documents, {count_windowed(split, processor, limit)} longer than "
@@ -330,35 +286,44 @@ def train(
     train_split = splits["train"]
     sampler = EpochShuffleSampler(len(train_split), seed)
     train_dataloader = DataLoader(  # its own generator: iterating never draws from the global RNG (dropout's)
-        train_split, sampler=sampler, batch_size=args.per_device_train_batch_size, generator=torch.Generator(),
+        train_split, sampler=sampler, batch_size=recipe.per_device_train_batch_size, generator=torch.Generator(),
         collate_fn=ModalityCollator(processor, manifest["train"]),
     )  # fmt: skip
     eval_dataloaders = {
         name: DataLoader(
-            split, batch_size=args.per_device_eval_batch_size, generator=torch.Generator(),
+            split,
+            batch_size=args.per_device_eval_batch_size,
+            generator=torch.Generator(),
             collate_fn=ModalityCollator(processor, manifest[name], with_references=True),
         )  # fmt: skip
         for name, split in splits.items()
         if name != "train"
     }
-    optimizer = torch.optim.AdamW(parameter_groups(model, encoder_lr, head_lr, args.weight_decay))
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, recipe.encoder_learning_rate, recipe.learning_rate, recipe.weight_decay)
+    )
     steps_per_epoch = math.ceil(
         math.ceil(len(train_dataloader) / accelerator.num_processes) / args.gradient_accumulation_steps
     )
-    total_steps = args.max_train_steps or epochs * steps_per_epoch
+    total_steps = args.max_train_steps or recipe.num_train_epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     # A prepared scheduler steps once per process at each optimizer step (accelerate's convention).
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, args.warmup_steps * accelerator.num_processes, total_steps * accelerator.num_processes
+    scheduler = get_scheduler(
+        recipe.lr_scheduler_type, optimizer, recipe.warmup_steps * accelerator.num_processes,
+        total_steps * accelerator.num_processes,
+    )  # fmt: skip
+    model, optimizer, train_dataloader, scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, scheduler
     )
-    model, optimizer, train_dataloader, scheduler = accelerator.prepare(model, optimizer, train_dataloader, scheduler)
     eval_dataloaders = {name: accelerator.prepare(loader) for name, loader in eval_dataloaders.items()}
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_average_f1": None, "best_epoch": None,
              "history": []}  # fmt: skip
     if args.resume_from_checkpoint:
         accelerator.load_state(args.resume_from_checkpoint)
-        state = json.loads((Path(args.resume_from_checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+        state = json.loads(
+            (Path(args.resume_from_checkpoint) / "trainer_state.json").read_text(encoding="utf-8")
+        )
         logger.info(f"Resumed from {args.resume_from_checkpoint} at epoch {state['epoch']}, "
                     f"batch {state['step_in_epoch']}", main_process_only=True)  # fmt: skip
 
@@ -377,7 +342,7 @@ def train(
                 loss = model(**batch).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -395,7 +360,11 @@ def train(
                 break
         state.update(epoch=epoch + 1, step_in_epoch=0)
         if "validation" in eval_dataloaders:
-            evaluate_epoch(accelerator, model, processor, eval_dataloaders["validation"], args.protocol, state, output_dir)
+            scores = evaluate_epoch(accelerator, model, eval_dataloaders["validation"], args.protocol, state)
+            state["history"].append({"epoch": epoch, **scores})
+            if state["best_average_f1"] is None or scores["eval_average_f1"] > state["best_average_f1"]:
+                state.update(best_average_f1=scores["eval_average_f1"], best_epoch=epoch)
+                save_model(accelerator, model, processor, output_dir)
     progress.close()
     if args.checkpointing_steps:
         save_checkpoint(accelerator, output_dir, state)
@@ -405,26 +374,27 @@ def train(
 
     results = final_scores(accelerator, eval_dataloaders, args.protocol, state, output_dir)
     results.update(best_epoch=state["best_epoch"], train_seconds=round(train_seconds, 1), seed=seed,
-                   protocol=args.protocol, missing_modality_ratio=data_args.missing_modality_ratio)  # fmt: skip
+                   protocol=args.protocol, missing_modality_ratio=data_args.missing_modality_ratio,
+                   recipe=recipe.to_dict())  # fmt: skip
     if accelerator.is_main_process:
-        write_outputs(model_args, data_args, args, results, output_dir)
+        write_outputs(model_args, data_args, args, recipe, results, output_dir)
     accelerator.free_memory()  # the next seed's run prepares (and checkpoints) only its own objects
     return results
 
 
-def evaluate_epoch(accelerator: Accelerator, model, processor, loader, protocol: str, state: dict, output_dir: Path):
-    """Validation scores of the epoch just trained; the best epoch by average F1 is saved to `output_dir`."""
-    epoch = state["epoch"] - 1
+def evaluate_epoch(accelerator: Accelerator, model, loader, protocol: str, state: dict) -> dict[str, float]:
+    """The flat validation scores (`eval_*`) of the epoch just trained, printed and logged."""
     scores = flatten_scores(predict_and_score(accelerator, model, loader, protocol), "eval_")
-    accelerator.print(f"epoch {epoch} (validation, {protocol})\n{results_table(scores, 'eval_')}")
+    accelerator.print(
+        f"epoch {state['epoch'] - 1} (validation, {protocol})\n{results_table(scores, 'eval_')}"
+    )
     accelerator.log(scores, step=state["global_step"])
-    state["history"].append({"epoch": epoch, **scores})
-    if state["best_average_f1"] is None or scores["eval_average_f1"] > state["best_average_f1"]:
-        state.update(best_average_f1=scores["eval_average_f1"], best_epoch=epoch)
-        save_model(accelerator, model, processor, output_dir)
+    return scores
 
 
-def final_scores(accelerator: Accelerator, loaders: dict, protocol: str, state: dict, output_dir: Path) -> dict:
+def final_scores(
+    accelerator: Accelerator, loaders: dict, protocol: str, state: dict, output_dir: Path
+) -> dict:
     """Scores of the best epoch's weights on the test split, else on validation. The saved model is loaded again and
     prepared for evaluation only (a full copy per process), whatever wraps or shards the training model."""
     split = "test" if "test" in loaders else "validation"
@@ -433,29 +403,43 @@ def final_scores(accelerator: Accelerator, loaders: dict, protocol: str, state: 
     best = accelerator.prepare_model(M3DModel.from_pretrained(output_dir), evaluation_mode=True)
     prefix = "test_" if split == "test" else "eval_"
     results = flatten_scores(predict_and_score(accelerator, best, loaders[split], protocol), prefix)
-    accelerator.print(f"{split} ({protocol}, best epoch {state['best_epoch']})\n{results_table(results, prefix)}")
+    accelerator.print(
+        f"{split} ({protocol}, best epoch {state['best_epoch']})\n{results_table(results, prefix)}"
+    )
     return results
 
 
-def write_outputs(model_args, data_args, args, results: dict, output_dir: Path) -> None:
+def write_outputs(model_args, data_args, args, recipe: Recipe, results: dict, output_dir: Path) -> None:
     """all_results.json, the model card (when there are scores) and the Hub upload (--push_to_hub)."""
     (output_dir / "all_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     for split, prefix in (("test", "test_"), ("validation", "eval_")):
         if prefix + "average_f1" in results:
-            write_card(model_args, data_args, args, results, split, output_dir, prefix)
+            write_card(model_args, data_args, args, recipe, results, split, output_dir, prefix)
             break
     if args.push_to_hub:
         push(args, output_dir)
 
 
-def flat_config(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments) -> dict:
-    """Run arguments as tracker hyper-parameters (scalars only)."""
+def flat_config(
+    model_args: ModelArguments, data_args: DataArguments, args: TrainArguments, recipe: Recipe
+) -> dict:
+    """Run arguments and the recipe's values (`recipe_*`) as tracker hyper-parameters (scalars only)."""
     merged = {**asdict(model_args), **asdict(data_args), **asdict(args)}
-    return {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in merged.items()}
+    merged.update({f"recipe_{key}": value for key, value in recipe.to_dict().items()})
+    return {
+        key: value if isinstance(value, (int, float, str, bool)) else str(value)
+        for key, value in merged.items()
+    }
 
 
-def write_card(model_args, data_args, args, results: dict, split: str, output_dir: Path, prefix: str) -> None:
-    base = [name for name in (model_args.text_encoder, model_args.vision_encoder) if name and not Path(name).exists()]
+def write_card(
+    model_args, data_args, args, recipe: Recipe, results: dict, split: str, output_dir: Path, prefix: str
+) -> None:
+    base = [
+        name
+        for name in (model_args.text_encoder, model_args.vision_encoder)
+        if name and not Path(name).exists()
+    ]
     card = model_card(
         {key.replace(prefix, f"{split}_", 1): value for key, value in results.items()},
         model_name=args.hub_model_id or output_dir.name,
@@ -466,6 +450,7 @@ def write_card(model_args, data_args, args, results: dict, split: str, output_di
         missing_modality_ratio=data_args.missing_modality_ratio,
         base_models=base,
         description="M³D multimodal information extraction model trained with `examples/train.py`.",
+        recipe=recipe,
     )
     card.save(output_dir / "README.md")
 
@@ -487,15 +472,20 @@ def main() -> None:
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to.split(","),
         project_dir=args.output_dir,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # a missing modality idles modules
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=True)
+        ],  # a missing modality idles modules
     )
     check_fsdp(accelerator)
-    accelerator.init_trackers("m3d", config=flat_config(model_args, data_args, args))
+    recipe = resolve_recipe(model_args, args)
+    accelerator.print(f"recipe: {describe_recipe(recipe)}")
+    accelerator.init_trackers("m3d", config=flat_config(model_args, data_args, args, recipe))
     output_dir = Path(args.output_dir)
     if not args.seeds:
-        train(accelerator, model_args, data_args, args, args.seed, output_dir)
+        train(accelerator, model_args, data_args, args, recipe, args.seed, output_dir)
     else:
-        runs = [train(accelerator, model_args, data_args, args, seed, output_dir / f"seed-{seed}") for seed in args.seeds]
+        runs = [train(accelerator, model_args, data_args, args, recipe, seed, output_dir / f"seed-{seed}")
+                for seed in args.seeds]  # fmt: skip
         if accelerator.is_main_process:
             write_seed_results(runs, output_dir)
     accelerator.wait_for_everyone()  # no process tears the process group down while another still works
@@ -516,7 +506,10 @@ def check_fsdp(accelerator: Accelerator) -> None:
 
 def write_seed_results(runs: list[dict], output_dir: Path) -> None:
     """`seeds_results.json`: mean and variance of every score over the seeds (Table III)."""
-    scores = [{key: value for key, value in run.items() if key.endswith(("precision", "recall", "f1"))} for run in runs]
+    scores = [
+        {key: value for key, value in run.items() if key.endswith(("precision", "recall", "f1"))}
+        for run in runs
+    ]
     aggregate = aggregate_seeds(scores)
     (output_dir / "seeds_results.json").write_text(json.dumps(aggregate, indent=2), encoding="utf-8")
     for key, value in aggregate.items():

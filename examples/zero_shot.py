@@ -34,12 +34,13 @@ from typing import Literal
 import datasets
 import torch
 from tqdm.auto import tqdm
-from train import DataArguments, load_splits, modality_manifest
 from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser
 
+from modeling_m3d.data import DataArguments, load_splits, modality_manifest
+from modeling_m3d.modality import drop_modality
 from modeling_m3d.processing_m3d import subsample_indices
 from modeling_m3d.schema import reference_document
-from modeling_m3d.training import drop_modality, flatten_scores, results_table
+from modeling_m3d.training import flatten_scores, results_table
 from modeling_m3d.zero_shot import (
     EXAMPLES,
     FRAMES_SHOWN,

@@ -3,8 +3,8 @@
 The M³D release gives each clip as timed subtitle sentences (`time_sent_pair`) plus frames sampled from the
 video (Section III of the paper). This module builds the same row from a raw video file and a subtitle file
 (`.srt`, `.vtt`, or a JSON list of `{start_time, end_time, text}`), so the extraction pipeline runs on new
-clips. Text is tokenised like the release: EN words with punctuation split off and joined by single spaces
-(`Peter ' s father ,`), ZH one token per character with no spaces.
+clips. Text is tokenised like the release (`schema.tokenize_text`): EN words with punctuation split off and joined
+by single spaces (`Peter ' s father ,`), ZH one token per character with no spaces.
 """
 
 from __future__ import annotations
@@ -19,22 +19,12 @@ from pathlib import Path
 import av
 from PIL import Image
 
-LANGUAGES = ("en", "zh")
+from .schema import LANGUAGES, join_tokens, tokenize_text
 
-_EN_TOKEN = re.compile(r"\w+|[^\w\s]")
 _TIMING = re.compile(r"^(?P<start>\S+)\s+-->\s+(?P<end>\S+)")
 _TIMESTAMP = re.compile(r"^(?:(\d+):)?(\d+):(\d{2})[,.](\d{1,3})$")
 _MARKUP = re.compile(r"<[^>]*>")  # SRT <i>/<b>/<font>; VTT voice, class and inline timestamp tags
 _VTT_SKIPPED_BLOCKS = ("NOTE", "STYLE", "REGION")
-
-
-def tokenize(text: str, lang: str) -> list[str]:
-    """Split `text` into the units the annotation indexes: EN words and punctuation marks, ZH characters."""
-    if lang == "en":
-        return _EN_TOKEN.findall(text)
-    if lang == "zh":
-        return [char for char in text if not char.isspace()]
-    raise ValueError(f"unknown language {lang!r}: expected one of {LANGUAGES}")
 
 
 # ----------------------------------------------------------------------------------------------- subtitles
@@ -277,10 +267,9 @@ def video_to_row(
         raise ValueError(f"{video_path}: unknown language {lang!r}; expected one of {LANGUAGES}")
     frames, _ = sample_frames(video_path, num_frames=num_frames)
     cues = read_subtitles(subtitles_path) if subtitles_path is not None else []
-    pieces = [tokenize(cue["text"], lang) for cue in cues]
-    separator = " " if lang == "en" else ""
+    pieces = [tokenize_text(cue["text"], lang) for cue in cues]
     subtitles = [
-        {"start_time": cue["start_time"], "end_time": cue["end_time"], "text": separator.join(piece)}
+        {"start_time": cue["start_time"], "end_time": cue["end_time"], "text": join_tokens(piece, lang)}
         for cue, piece in zip(cues, pieces, strict=True)
         if piece
     ]

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "dataset_script"))
+from modeling_m3d.release import M3DFormatError
+from modeling_m3d.synthetic import write_synthetic_release
 
-from import_brat import M3DFormatError, export_brat, import_brat, main  # noqa: E402
-from make_synthetic import write_synthetic_release  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "dataset_script"))  # the command-line tool under test
+
+from import_brat import export_brat, import_brat, main  # noqa: E402
 
 REAL = REPO.parent / "shared" / "m3d"
 
@@ -77,8 +79,14 @@ def test_import_hand_written_document(tmp_path):
     target = import_brat(tmp_path / "brat", tmp_path / "out", "en", "train")
     (record,) = json.loads(target.read_text(encoding="utf-8"))
     assert record["doc"] == "Anna Berg was born in Oslo . Later Anna joined Nordic Bank in 1990 ."
-    assert record["time_sent_pair"] == {"0-1": "Anna Berg was born in Oslo .", "1-2": "Later Anna joined Nordic Bank in 1990 ."}
-    chains = {key: [(m["start"], m["end"], m["text"], m["sent_time"]) for m in c["link"]] for key, c in record["entityLink"].items()}
+    assert record["time_sent_pair"] == {
+        "0-1": "Anna Berg was born in Oslo .",
+        "1-2": "Later Anna joined Nordic Bank in 1990 .",
+    }
+    chains = {
+        key: [(m["start"], m["end"], m["text"], m["sent_time"]) for m in c["link"]]
+        for key, c in record["entityLink"].items()
+    }
     assert chains == {
         "L0": [(0, 2, "Anna Berg", "0-1"), (8, 9, "Anna", "1-2")],
         "L1": [(5, 6, "Oslo", "0-1")],
@@ -92,7 +100,9 @@ def test_import_hand_written_document(tmp_path):
         {"link1": "L2", "link2": "L0", "type": "PER-ORG_member"},
     ]
     assert record["image"] == [3, 12] and record["video_id"] == "video_7_2" and record["lang"] == "en"
-    assert (tmp_path / "out" / "img" / "video_7_2" / "12.txt").read_text(encoding="utf-8") == "PER 0.5 0.5 0.25 0.25\n"
+    assert (tmp_path / "out" / "img" / "video_7_2" / "12.txt").read_text(
+        encoding="utf-8"
+    ) == "PER 0.5 0.5 0.25 0.25\n"
 
 
 def test_import_chinese_with_coref_relation_line(tmp_path):
@@ -100,10 +110,22 @@ def test_import_chinese_with_coref_relation_line(tmp_path):
     ann = "T2\tPER 10 12\t建国\nT1\tPER 0 3\t王建国\nT3\tLOC 6 8\t北京\nT4\tORG 15 19\t北京大学\n"
     ann += "R1\tCoref Arg1:T1 Arg2:T2\nR2\tPER-LOC_birth Arg1:T1 Arg2:T3\n"
     write_doc(tmp_path / "brat" / "dev", "video_1_0", text, ann)
-    (record,) = json.loads(import_brat(tmp_path / "brat", tmp_path / "out", "zh", "dev").read_text(encoding="utf-8"))
+    (record,) = json.loads(
+        import_brat(tmp_path / "brat", tmp_path / "out", "zh", "dev").read_text(encoding="utf-8")
+    )
     assert record["doc"] == "王建国出生在北京。建国加入了北京大学。"
-    assert [[m["text"] for m in c["link"]] for c in record["entityLink"].values()] == [["王建国", "建国"], ["北京"], ["北京大学"]]
-    assert record["entityLink"]["L0"]["link"][1] == {"type": "PER", "start": 9, "end": 11, "text": "建国", "sent_time": "1-2"}
+    assert [[m["text"] for m in c["link"]] for c in record["entityLink"].values()] == [
+        ["王建国", "建国"],
+        ["北京"],
+        ["北京大学"],
+    ]
+    assert record["entityLink"]["L0"]["link"][1] == {
+        "type": "PER",
+        "start": 9,
+        "end": 11,
+        "text": "建国",
+        "sent_time": "1-2",
+    }
     assert record["relation"] == [{"link1": "L1", "link2": "L0", "type": "PER-LOC_birth"}]
 
 
@@ -152,7 +174,18 @@ def test_sidecar_language_must_match(tmp_path):
 def test_command_line(tmp_path, capsys):
     release = write_synthetic_release(tmp_path / "release", docs=2, lang="en", frames=1)
     main(["export", "--data_dir", str(release), "--output_dir", str(tmp_path / "brat"), "--lang", "en"])
-    main(["--brat_dir", str(tmp_path / "brat"), "--output_dir", str(tmp_path / "out"), "--lang", "en", "--split", "dev"])
+    main(
+        [
+            "--brat_dir",
+            str(tmp_path / "brat"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--lang",
+            "en",
+            "--split",
+            "dev",
+        ]
+    )
     assert "wrote" in capsys.readouterr().out
     written = tmp_path / "out" / "data" / "en" / "dev_en.json"
     assert written.read_bytes() == (release / "data" / "en" / "dev_en.json").read_bytes()

@@ -1,5 +1,6 @@
-"""The `datasets` builder for the M³D release (dataset_script/m3d): schema, Table II counts on the real
-dev files, frames and boxes, bad input, and the download URLs."""
+"""The `datasets` builder for the M³D release (dataset_script/m3d, defined in modeling_m3d.builder): schema, Table II
+counts on the real dev files, frames and boxes, bad input and its error chain, the download URLs, and the package's
+split loader (modeling_m3d.data) building the same dataset."""
 
 import json
 import logging
@@ -11,12 +12,15 @@ import datasets
 import pytest
 from PIL import Image
 
+from modeling_m3d import builder as package_builder
+from modeling_m3d.data import DataArguments, load_release, load_splits
+from modeling_m3d.release import record_to_example, release_sources
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "m3d"
-sys.path.insert(0, str(ROOT / "dataset_script" / "m3d"))
+sys.path.insert(0, str(ROOT / "dataset_script" / "m3d"))  # the builder module as documented
 
 import m3d  # noqa: E402
-import m3d_release  # noqa: E402
 
 ENTITY = datasets.ClassLabel(names=["PER", "LOC", "ORG", "TIME"])
 DESIGN_FEATURES = datasets.Features(
@@ -220,7 +224,7 @@ def test_zh_tokens_are_characters_and_nested_mentions_are_kept():
         "video_title": "北大",
         "lang": "zh",
     }
-    example = m3d_release.record_to_example(record, "zh")
+    example = record_to_example(record, "zh")
     assert example["tokens"] == list("北京大学在北京。")
     assert [(e["start"], e["end"], e["type"], e["chain"]) for e in example["entities"]] == [
         (0, 2, "LOC", 1),
@@ -232,7 +236,7 @@ def test_zh_tokens_are_characters_and_nested_mentions_are_kept():
 
 def test_an_empty_document_has_no_tokens():
     record = {**en_record(), "doc": "", "entityLink": {}, "relation": [], "time_sent_pair": {}}
-    assert m3d_release.record_to_example(record, "en")["tokens"] == []
+    assert record_to_example(record, "en")["tokens"] == []
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="real M3D dev files not available")
@@ -341,17 +345,67 @@ def test_bad_input_is_named_and_leaves_no_cache(breaker, release, tmp_path):
     assert len(build(release, cache)["train"]) == 1
 
 
+def test_a_format_error_chain_ends_and_names_the_record(release, tmp_path):
+    """The error raised out of the builder has a finite `__cause__`/`__context__` chain (no cycle through the
+    `datasets` wrapper), which tools such as traceback printers and error reporters walk."""
+    bad_file, video_id, field = _break_mention_text(release)
+    with pytest.raises(m3d.M3DFormatError) as caught:
+        build(release, tmp_path / "cache")
+    chain, error = [], caught.value
+    while error is not None and len(chain) < 50:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    assert error is None, f"the chain does not end: {[type(e).__name__ for e in chain[:6]]} ..."
+    assert len({id(e) for e in chain}) == len(chain)
+    message = str(caught.value)
+    assert str(bad_file) in message and repr(video_id) in message and field in message
+
+
+def test_the_package_loader_builds_the_builders_dataset(release, tmp_path):
+    """`modeling_m3d.data` and the documented `m3d.M3D` are one builder: same class, same cache folder, same rows;
+    the second load is served from the first one's cache."""
+    cache = tmp_path / "cache"
+    assert m3d.M3D is package_builder.M3D
+    documented = build(release, cache)
+    args = DataArguments(dataset_dir=str(release), cache_dir=str(cache))
+    loaded = load_release(args, tmp_path / "work")
+    assert loaded["train"].cache_files == documented["train"].cache_files
+    assert loaded["train"].to_list() == documented["train"].to_list()
+    assert [path.name for path in cache.iterdir() if path.is_dir()] == ["m3d"]
+
+
+def test_splits_by_role_and_a_heldout_carve(release, tmp_path):
+    write_release(release, "en", "dev", [en_record("video_3_1")])
+    args = DataArguments(dataset_dir=str(release), cache_dir=str(tmp_path / "cache"), test_split="absent")
+    splits = load_splits(args, tmp_path)
+    assert {role: split["id"] for role, split in splits.items()} == {
+        "train": ["video_1_1", "video_2_1"],
+        "validation": ["video_3_1"],
+    }
+    records = [en_record(f"video_{i}_1") for i in range(10)]
+    write_release(release, "en", "train", records)
+    args.heldout_fraction, args.modality_seed = 0.4, 3
+    carved = load_splits(args, tmp_path)
+    ids = {role: list(split["id"]) for role, split in carved.items()}
+    assert [len(ids[role]) for role in ("train", "validation", "test")] == [6, 2, 2]
+    assert sorted(sum(ids.values(), [])) == sorted(record["video_id"] for record in records)
+    assert all(part == sorted(part) for part in ids.values())  # each part keeps the file's order
+    with pytest.raises(ValueError, match="--train_split 'dev2'"):
+        load_splits(
+            DataArguments(dataset_dir=str(release), train_split="dev2", cache_dir=str(tmp_path / "c")),
+            tmp_path,
+        )
+
+
 def test_download_urls_without_data_dir(tmp_path):
     base = "https://raw.githubusercontent.com/solkx/m3d/main/data"
-    assert m3d_release.release_sources("en") == {
+    assert release_sources("en") == {
         "train": f"{base}/en/train_en.json",
         "validation": f"{base}/en/dev_en.json",
         "test": f"{base}/en/test_en.json",
     }
-    assert m3d_release.release_sources("zh")["validation"] == f"{base}/zh/dev_zh.json"
-    assert m3d_release.release_sources("zh", tmp_path)["test"] == str(
-        tmp_path.resolve() / "data/zh/test_zh.json"
-    )
+    assert release_sources("zh")["validation"] == f"{base}/zh/dev_zh.json"
+    assert release_sources("zh", tmp_path)["test"] == str(tmp_path.resolve() / "data/zh/test_zh.json")
     builder = m3d.M3D(config_name="zh", cache_dir=str(tmp_path / "cache"))
     assert builder.config.data_dir is None and builder.config.lang == "zh"
 

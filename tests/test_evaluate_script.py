@@ -8,12 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from modeling_m3d.schema import TASKS
+from modeling_m3d.synthetic import write_synthetic_release
+from modeling_m3d.testing import tiny_model_and_processor
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "dataset_script"))
-
-from make_synthetic import write_synthetic_release  # noqa: E402
-
-from modeling_m3d.testing import tiny_model_and_processor  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -33,10 +32,11 @@ def test_evaluate_script_writes_scores_sweep_and_plots(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
     report = json.loads((output / "evaluation.json").read_text())
-    assert report["split"] == "validation+test" and report["documents"] == 8  # 4 + 4, as in datasets' split syntax
+    # 4 + 4 documents, as in datasets' split syntax
+    assert report["split"] == "validation+test" and report["documents"] == 8
     for protocol in ("gold_pairs", "end_to_end"):
         scores = report["protocols"][protocol]
-        for task in ("ner", "coref", "re", "grounding"):
+        for task in TASKS:
             assert 0.0 <= scores[f"{task}_f1"] <= 1.0
         assert 0.0 <= scores["average_f1"] <= 1.0
     assert list(report["missing_ratio_sweep"]) == ["0", "0.5", "1"]

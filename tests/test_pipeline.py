@@ -15,8 +15,9 @@ from transformers import pipeline
 
 import modeling_m3d  # noqa: F401  (registers the Auto classes and the pipeline)
 from modeling_m3d.pipeline_m3d import M3DExtractionPipeline
+from modeling_m3d.schema import tokenize_text
 from modeling_m3d.testing import tiny_model_and_processor
-from modeling_m3d.video_m3d import read_subtitles, tokenize
+from modeling_m3d.video_m3d import read_subtitles
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT_KEYS = {"id", "entities", "chains", "relations", "groundings"}
@@ -116,7 +117,7 @@ def test_text_with_frame_paths(extractor, media):
     result = extractor(
         {"id": "t1", "text": text, "frames": [str(media / "frame_0.png"), media / "frame_1.png"]}
     )
-    check_output(result, tokenize(text, "en"), 2)
+    check_output(result, tokenize_text(text, "en"), 2)
     assert result["id"] == "t1" and result["entities"]
     with pytest.raises(ValueError, match=r"input 't2': field 'frames'\[0\]: cannot read"):
         extractor({"id": "t2", "text": text, "frames": [str(media / "missing.png")]})
@@ -125,7 +126,7 @@ def test_text_with_frame_paths(extractor, media):
 def test_video_with_subtitles_and_threshold(extractor, media):
     clip = {"video": str(media / "video_7_3.mp4"), "subtitles": str(media / "video_7_3.srt")}
     result = extractor(clip, num_frames=3)
-    tokens = [token for cue in read_subtitles(clip["subtitles"]) for token in tokenize(cue["text"], "en")]
+    tokens = [token for cue in read_subtitles(clip["subtitles"]) for token in tokenize_text(cue["text"], "en")]
     check_output(result, tokens, 3)
     assert result["id"] == "video_7_3" and result["groundings"]
     assert extractor(clip, num_frames=3, threshold=1.01)["groundings"] == []

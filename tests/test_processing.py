@@ -2,7 +2,6 @@
 
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -292,10 +291,9 @@ def test_decode_words_joins_english_with_spaces(processor):
     not (SHARED_M3D / "data" / "en" / "dev_en.json").is_file(), reason="real dev_en.json absent"
 )
 def test_real_dev_rows_through_builder(tmp_path):
-    sys.path.insert(0, str(REPO / "dataset_script" / "m3d"))
-    import m3d
+    from modeling_m3d.builder import M3D
 
-    builder = m3d.M3D(config_name="en", data_dir=str(SHARED_M3D), cache_dir=str(tmp_path))
+    builder = M3D(config_name="en", data_dir=str(SHARED_M3D), cache_dir=str(tmp_path))
     builder.download_and_prepare()
     rows = builder.as_dataset(split="validation").select(range(3))
     processor = M3DProcessor(

@@ -9,23 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_m3d.configuration_m3d import RELATION_TYPES
+from modeling_m3d.release import iter_examples
+from modeling_m3d.schema import ENTITY_TYPES, GROUNDING_TYPES, RELATION_TYPES, join_tokens, tokenize
+from modeling_m3d.synthetic import RELATION_TEMPLATES, SHAPE_COLOURS, write_synthetic_release
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "dataset_script"))
-sys.path.insert(0, str(REPO / "dataset_script" / "m3d"))
+sys.path.insert(0, str(REPO / "dataset_script"))  # the command-line tool under test
 
-from m3d_release import iter_examples  # noqa: E402
-from make_synthetic import (  # noqa: E402
-    GROUNDING_TYPES,
-    RELATION_TEMPLATES,
-    SHAPE_COLOURS,
-    main,
-    write_synthetic_release,
-)
+from make_synthetic import main  # noqa: E402
 
 REAL_DATA = REPO.parent / "shared" / "m3d" / "data"
-ENTITY_TYPES = {"PER", "LOC", "ORG", "TIME"}
 
 
 def load_split(root: Path, lang: str, split: str) -> list[dict]:
@@ -41,7 +34,7 @@ def tree_digest(root: Path) -> str:
 
 
 def tokens_of(record: dict) -> list[str]:
-    return record["doc"].split(" ") if record["lang"] == "en" else list(record["doc"])
+    return tokenize(record["doc"], record["lang"])
 
 
 def cue(relation_type: str, lang: str) -> str:
@@ -59,13 +52,22 @@ def release(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module", params=["en", "zh"])
 def records(release, request) -> list[dict]:
-    return [record for split in ("train", "dev", "test") for record in load_split(release, request.param, split)]
+    return [
+        record for split in ("train", "dev", "test") for record in load_split(release, request.param, split)
+    ]
 
 
 def test_layout_and_split_sizes(release):
-    sizes = {lang: [len(load_split(release, lang, s)) for s in ("train", "dev", "test")] for lang in ("en", "zh")}
+    sizes = {
+        lang: [len(load_split(release, lang, s)) for s in ("train", "dev", "test")] for lang in ("en", "zh")
+    }
     assert sizes == {"en": [24, 6, 6], "zh": [8, 3, 3]}
-    video_ids = [r["video_id"] for lang in ("en", "zh") for s in ("train", "dev", "test") for r in load_split(release, lang, s)]
+    video_ids = [
+        r["video_id"]
+        for lang in ("en", "zh")
+        for s in ("train", "dev", "test")
+        for r in load_split(release, lang, s)
+    ]
     assert len(set(video_ids)) == len(video_ids)
     assert all(v.startswith("video_") and len(v.split("_")) == 3 for v in video_ids)
     assert sorted(p.name for p in (release / "img").iterdir()) == sorted(video_ids)
@@ -81,7 +83,16 @@ def test_builder_reads_every_split(release, lang):
 
 
 def test_record_format_matches_release(records):
-    record_keys = ["doc", "time_sent_pair", "relation", "entityLink", "image", "video_id", "video_title", "lang"]
+    record_keys = [
+        "doc",
+        "time_sent_pair",
+        "relation",
+        "entityLink",
+        "image",
+        "video_id",
+        "video_title",
+        "lang",
+    ]
     for record in records:
         assert list(record) == record_keys
         assert list(record["entityLink"]) == [f"L{i}" for i in range(len(record["entityLink"]))]
@@ -102,18 +113,17 @@ def test_record_keys_equal_real_release(records):
 
 
 def test_release_invariants(records):
-    joiner = {"en": " ", "zh": ""}
     for record in records:
         tokens = tokens_of(record)
         assert all(tokens), f"{record['video_id']}: empty token"
-        assert joiner[record["lang"]].join(record["time_sent_pair"].values()) == record["doc"]
+        assert join_tokens(list(record["time_sent_pair"].values()), record["lang"]) == record["doc"]
         spans = set()
         for chain in record["entityLink"].values():
             assert chain["len"] == len(chain["link"]) >= 1 and chain["type"] in ENTITY_TYPES
             for mention in chain["link"]:
                 assert mention["type"] == chain["type"]
                 assert 0 <= mention["start"] < mention["end"] <= len(tokens)
-                text = joiner[record["lang"]].join(tokens[mention["start"] : mention["end"]])
+                text = join_tokens(tokens[mention["start"] : mention["end"]], record["lang"])
                 assert text == mention["text"]
                 assert mention["text"] in record["time_sent_pair"][mention["sent_time"]]
                 spans.add((mention["start"], mention["end"]))
@@ -159,11 +169,13 @@ def test_relation_cues_determine_type(records):
     cues = {kind: cue(kind, lang) for kind in RELATION_TEMPLATES}
     assert len(set(cues.values())) == len(cues)
     for record in records:
-        tokens, joiner = tokens_of(record), " " if lang == "en" else ""
-        mentions = {link: [(m["start"], m["end"]) for m in c["link"]] for link, c in record["entityLink"].items()}
+        tokens = tokens_of(record)
+        mentions = {
+            link: [(m["start"], m["end"]) for m in c["link"]] for link, c in record["entityLink"].items()
+        }
         for relation in record["relation"]:
             between = {
-                joiner.join(tokens[s_end:o_start])
+                join_tokens(tokens[s_end:o_start], lang)
                 for _, s_end in mentions[relation["link2"]]
                 for o_start, _ in mentions[relation["link1"]]
             }
@@ -189,7 +201,11 @@ def test_frames_and_yolo_boxes(release, records):
                 assert kind in GROUNDING_TYPES
                 assert -1e-6 <= min(cx - w / 2, cy - h / 2) and max(cx + w / 2, cy + h / 2) <= 1 + 1e-6
                 assert w >= 0.2 and h >= 0.2
-                centre = pixels[int(cy * size), int(cx * size)] if kind != "ORG" else pixels[int((cy + h / 4) * size), int(cx * size)]
+                centre = (
+                    pixels[int(cy * size), int(cx * size)]
+                    if kind != "ORG"
+                    else pixels[int((cy + h / 4) * size), int(cx * size)]
+                )
                 assert tuple(centre) == SHAPE_COLOURS[kind], (record["video_id"], number, line)
 
 

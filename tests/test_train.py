@@ -15,18 +15,23 @@ import torch
 from safetensors.torch import load_file
 from test_modeling import make_row
 
-from modeling_m3d.testing import tiny_model_and_processor
-from modeling_m3d.training import (
+from modeling_m3d.modality import (
     MODALITY_MODES,
-    aggregate_seeds,
     assign_modalities,
     build_modality_manifest,
     drop_modality,
-    full_parameters,
     load_manifest,
+    save_manifest,
+)
+from modeling_m3d.schema import TASKS
+from modeling_m3d.testing import tiny_model_and_processor
+from modeling_m3d.training import (
+    RECIPES,
+    aggregate_seeds,
+    describe_recipe,
+    full_parameters,
     model_card,
     override_config,
-    save_manifest,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +43,7 @@ SMALL = ["--synthetic_docs", "8", "--num_train_epochs", "2", "--per_device_train
 NO_NOISE = {"dropout": 0.0, "vae_kl_weight": 0.0,
             "text_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
             "vision_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}  # fmt: skip
-TASK_KEYS = [f"test_{task}_{name}" for task in ("ner", "coref", "re", "grounding") for name in ("precision", "recall", "f1")]
+TASK_KEYS = [f"test_{task}_{name}" for task in TASKS for name in ("precision", "recall", "f1")]
 
 
 def run(command: list[str], cache: Path, timeout: int = 240, **env_vars: str) -> subprocess.CompletedProcess:
@@ -86,9 +91,14 @@ def test_embedded_default_writes_model_results_card_and_manifest(trained):
     results = json.loads((output / "all_results.json").read_text())
     for key in [*TASK_KEYS, "test_average_f1"]:
         assert 0.0 <= results[key] <= 1.0, key
-    assert results["test_average_f1"] == pytest.approx(sum(results[f"test_{t}_f1"] for t in ("ner", "coref", "re", "grounding")) / 4)
+    assert results["test_average_f1"] == pytest.approx(sum(results[f"test_{t}_f1"] for t in TASKS) / 4)
     assert "Average" in result.stdout and "longer than" in result.stderr
+    # the default recipe without --text_encoder, with the flags given explicitly in its place, printed and stored
+    recipe = results["recipe"]
+    assert recipe == {**RECIPES["small"].to_dict(), "num_train_epochs": 2}
+    assert f"recipe: {describe_recipe(RECIPES['small'].with_overrides(num_train_epochs=2))}" in result.stdout
     card = ModelCard.load(output / "README.md")
+    assert "Training recipe: small (encoder_learning_rate=0.002" in card.text
     metrics = {(r.metric_name, r.dataset_split) for r in card.data.eval_results}
     assert ("Average f1", "test") in metrics and len(metrics) == 13
     manifest = json.loads((output / "modality_manifest.json").read_text())
@@ -106,7 +116,8 @@ def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(trained):
     resumed = root / "resumed"
     shutil.copytree(output, resumed, ignore=shutil.ignore_patterns("checkpoint-8"))
     state = json.loads((resumed / "checkpoint-6" / "trainer_state.json").read_text())
-    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 4, 6)  # 4 of 8 batches in epoch 1
+    # 4 of 8 batches in epoch 1
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 4, 6)
     run([sys.executable, str(TRAIN), "--output_dir", str(resumed), *SMALL,
          "--resume_from_checkpoint", str(resumed / "checkpoint-6")], root / "cache")  # fmt: skip
     assert_same_weights(final, weights(resumed / "checkpoint-8"), atol=0.0)
@@ -117,8 +128,22 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     losses are means over a batch's words / pairs / frames, so a batch of 2 rows is not the mean of two batches.)"""
     common = [*SMALL, "--num_train_epochs", "1", "--config_overrides", json.dumps(NO_NOISE)]
     run([sys.executable, str(TRAIN), "--output_dir", str(tmp_path / "single"), *common], tmp_path / "cache")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
+    ]
     run([*launch, str(TRAIN), "--output_dir", str(tmp_path / "parallel"), *common, "--gradient_accumulation_steps", "1"],
         tmp_path / "cache", timeout=300, ACCELERATE_USE_CPU="1")  # MULTI_CPU with gloo (HF-NOTES §4)  # fmt: skip
     assert_same_weights(weights(tmp_path / "single" / "checkpoint-4"), weights(tmp_path / "parallel" / "checkpoint-4"),
@@ -137,7 +162,8 @@ def _predict_sharded(rank: int, store: str, version: int) -> None:
     model, processor = tiny_model_and_processor()
     batch = processor([make_row(0), make_row(3)], return_tensors="pt")
     expected = model.eval().predict(**batch, protocol="end_to_end")
-    assert all(document["entities"] and document["groundings"] for document in expected)  # a comparison of substance
+    # a comparison of substance
+    assert all(document["entities"] and document["groundings"] for document in expected)
     units = {type(module) for module in model.modules() if type(module).__name__ in model._no_split_modules}
     if version == 2:
         for module in [module for module in model.modules() if type(module) in units]:
@@ -147,7 +173,10 @@ def _predict_sharded(rank: int, store: str, version: int) -> None:
             model.predict(**batch, protocol="end_to_end")
     else:
         sharded = FullyShardedDataParallel(
-            model, auto_wrap_policy=ModuleWrapPolicy(units), device_id=torch.device("cpu"), use_orig_params=True
+            model,
+            auto_wrap_policy=ModuleWrapPolicy(units),
+            device_id=torch.device("cpu"),
+            use_orig_params=True,
         )
     with full_parameters(sharded):
         assert model.predict(**batch, protocol="end_to_end") == expected
@@ -203,17 +232,38 @@ def test_drop_modality_removes_the_modality_and_its_annotations():
     assert MODALITY_MODES == ("full", "text_missing", "video_missing")
 
 
+def test_recipes_name_the_papers_settings_and_flags_override_them():
+    paper = RECIPES["paper"]
+    assert (paper.encoder_learning_rate, paper.learning_rate, paper.num_train_epochs) == (5e-6, 1e-3, 20)
+    assert (paper.per_device_train_batch_size, paper.max_grad_norm, paper.lr_scheduler_type) == (
+        1,
+        5.0,
+        "linear",
+    )
+    assert paper.text_config == paper.model_config == {}
+    small = RECIPES["small"]
+    assert (
+        small.encoder_learning_rate == small.learning_rate == 2e-3 and small.text_config["hidden_size"] == 128
+    )
+    overridden = small.with_overrides(learning_rate=1e-4, num_train_epochs=None)
+    assert overridden.learning_rate == 1e-4 and overridden.num_train_epochs == small.num_train_epochs
+    assert overridden.name == "small" and small.learning_rate == 2e-3
+    assert describe_recipe(paper).startswith("paper (encoder_learning_rate=5e-06, learning_rate=0.001,")
+
+
 def test_seed_aggregation_and_model_card():
     from huggingface_hub import ModelCard
 
     aggregate = aggregate_seeds([{"test_ner_f1": 0.5}, {"test_ner_f1": 0.7}])
     assert aggregate["test_ner_f1"]["mean"] == pytest.approx(0.6)
     assert aggregate["test_ner_f1"]["variance"] == pytest.approx(0.01)
-    flat = {f"test_{t}_{n}": 0.5 for t in ("ner", "coref", "re", "grounding") for n in ("precision", "recall", "f1")}
+    flat = {f"test_{t}_{n}": 0.5 for t in TASKS for n in ("precision", "recall", "f1")}
     card = model_card({**flat, "test_average_f1": 0.5}, model_name="m3d-tiny", dataset_name="M3D", lang="en",
-                      split="test", protocol="gold_pairs", missing_modality_ratio=2 / 3)  # fmt: skip
+                      split="test", protocol="gold_pairs", missing_modality_ratio=2 / 3,
+                      recipe=RECIPES["paper"])  # fmt: skip
     parsed = ModelCard(str(card)).data.eval_results
     assert len(parsed) == 13 and {r.dataset_split for r in parsed} == {"test"}
+    assert f"Training recipe: {describe_recipe(RECIPES['paper'])}." in card.text
 
 
 def test_config_override_derives_the_initializer_range_of_the_new_width():
@@ -224,7 +274,9 @@ def test_config_override_derives_the_initializer_range_of_the_new_width():
     wider = override_config(tiny_config(tokenizer), {"text_config": {"hidden_size": 128}, "dropout": 0.0})
     assert wider.text_config.hidden_size == 128 and wider.dropout == 0.0
     assert wider.initializer_range == pytest.approx(default_initializer_range(128))
-    chosen = override_config(tiny_config(tokenizer, initializer_range=0.5), {"text_config": {"hidden_size": 128}})
+    chosen = override_config(
+        tiny_config(tokenizer, initializer_range=0.5), {"text_config": {"hidden_size": 128}}
+    )
     assert chosen.initializer_range == 0.5
     with pytest.raises(ValueError, match="'hidden'"):
         override_config(wider, {"hidden": 3})

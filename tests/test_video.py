@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_m3d.video_m3d import read_subtitles, sample_frames, tokenize, video_to_row
+from modeling_m3d.schema import tokenize_text as tokenize
+from modeling_m3d.video_m3d import read_subtitles, sample_frames, video_to_row
 
 FPS, NUM_FRAMES, LEVEL_STEP = 10, 20, 12  # a 2 s clip; frame i is a flat grey of level i * LEVEL_STEP
 

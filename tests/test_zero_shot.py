@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from modeling_m3d.release import iter_examples
 from modeling_m3d.schema import RELATION_TYPES, TASKS, join_tokens, reference_document
 from modeling_m3d.scoring import m3d_scores
 from modeling_m3d.training import flatten_scores
@@ -18,9 +19,6 @@ from modeling_m3d.zero_shot import ISSUES, build_instruction, extract_json, pars
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "m3d"
-sys.path.insert(0, str(ROOT / "dataset_script" / "m3d"))
-
-from m3d_release import iter_examples  # noqa: E402
 
 TOKENS = "Barack Obama was born in Hawaii . Obama met Michelle Obama in Chicago in 1989 .".split(" ")
 ANSWER = {

@@ -5,8 +5,9 @@ release's ``dev`` is the ``validation`` split), and an image archive ``img/<vide
 frames, each with an optional same-stem YOLO label file ``<TYPE> <cx> <cy> <w> <h>``.
 
 :func:`record_to_example` turns one release record into one row of :data:`FEATURES`; the `datasets`
-builder (``m3d.py``), the Hub export and the annotation importers all go through it. Bad input raises
-:class:`M3DFormatError` naming the file, the record (document index and ``video_id``) and the field.
+builder (:mod:`modeling_m3d.builder`), the Hub export and the annotation importers all go through it. Bad input
+raises :class:`M3DFormatError` naming the file, the record (document index and ``video_id``) and the field.
+Label sets, languages and tokenisation come from :mod:`modeling_m3d.schema`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from typing import Any
 import datasets
 import PIL.Image
 
-LANGUAGES = ("en", "zh")
-ENTITY_TYPES = ["PER", "LOC", "ORG", "TIME"]
-GROUNDING_TYPES = ["PER", "LOC", "ORG"]
+from .schema import ENTITY_TYPES, GROUNDING_TYPES, check_language, join_tokens, tokenize
+
 RELEASE_SPLITS = {"train": "train", "validation": "dev", "test": "test"}
 HOMEPAGE = "https://github.com/solkx/m3d"
 RELEASE_URL = "https://raw.githubusercontent.com/solkx/m3d/main"
@@ -46,7 +46,7 @@ CITATION = """\
 }
 """
 
-_ENTITY_LABEL = datasets.ClassLabel(names=ENTITY_TYPES)
+_ENTITY_LABEL = datasets.ClassLabel(names=list(ENTITY_TYPES))
 FEATURES = datasets.Features(
     {
         "id": datasets.Value("string"),
@@ -81,7 +81,7 @@ FEATURES = datasets.Features(
         "groundings": datasets.List(
             {
                 "frame": datasets.Value("int32"),
-                "type": datasets.ClassLabel(names=GROUNDING_TYPES),
+                "type": datasets.ClassLabel(names=list(GROUNDING_TYPES)),
                 "box": datasets.List(datasets.Value("float32")),
             }
         ),
@@ -115,7 +115,7 @@ class RecordRef:
 
 def release_path(lang: str, split: str) -> str:
     """The release-relative path of one split's annotation file, e.g. ``data/zh/dev_zh.json``."""
-    _check_lang(lang)
+    check_language(lang)
     return f"data/{lang}/{RELEASE_SPLITS[split]}_{lang}.json"
 
 
@@ -125,19 +125,6 @@ def release_sources(lang: str, data_dir: str | Path | None = None) -> dict[str, 
         return {split: f"{RELEASE_URL}/{release_path(lang, split)}" for split in RELEASE_SPLITS}
     root = Path(data_dir).expanduser().resolve()
     return {split: str(root / release_path(lang, split)) for split in RELEASE_SPLITS}
-
-
-def tokenize(doc: str, lang: str) -> list[str]:
-    """The units the annotation indexes: EN ``doc.split(" ")``, ZH one per character; ``""`` has none."""
-    _check_lang(lang)
-    if not doc:
-        return []
-    return doc.split(" ") if lang == "en" else list(doc)
-
-
-def join_tokens(tokens: list[str], lang: str) -> str:
-    """Inverse of :func:`tokenize` on a span: the text a mention over ``tokens`` must carry."""
-    return (" " if lang == "en" else "").join(tokens)
 
 
 def read_release_file(path: str | Path, source: str | None = None) -> list[Any]:
@@ -179,7 +166,7 @@ def record_to_example(
     Frames come from ``image_dir/<video_id>/`` (none when ``image_dir`` is None or the folder is absent);
     ``source`` and ``index`` only serve to name the record in errors.
     """
-    _check_lang(lang)
+    check_language(lang)
     ref = RecordRef(str(source), index)
     if not isinstance(record, dict):
         raise ref.error("<record>", f"expected a JSON object, got {type(record).__name__}")
@@ -354,13 +341,13 @@ def _get(mapping: dict[str, Any], key: str, kind: type, ref: RecordRef, field: s
     return value
 
 
-def _label(mapping: dict[str, Any], names: list[str], ref: RecordRef, field: str) -> str:
+def _label(mapping: dict[str, Any], names: tuple[str, ...], ref: RecordRef, field: str) -> str:
     return _check_name(_get(mapping, "type", str, ref, f"{field}.type"), names, ref, f"{field}.type")
 
 
-def _check_name(value: str, names: list[str], ref: RecordRef, field: str) -> str:
+def _check_name(value: str, names: tuple[str, ...], ref: RecordRef, field: str) -> str:
     if value not in names:
-        raise ref.error(field, f"{value!r} is not one of {names}")
+        raise ref.error(field, f"{value!r} is not one of {list(names)}")
     return value
 
 
@@ -373,8 +360,3 @@ def _chain_number(chain_id: str, ref: RecordRef) -> int:
 
 def _frame_order(path: Path) -> tuple[float, str]:
     return (float(path.stem) if _NUMBER.fullmatch(path.stem) else float("inf"), path.name)
-
-
-def _check_lang(lang: str) -> None:
-    if lang not in LANGUAGES:
-        raise ValueError(f"lang must be one of {LANGUAGES}, got {lang!r}")
