@@ -203,7 +203,7 @@ def _by_id(rows: Sequence[Mapping[str, Any]], side: str) -> dict[str, Mapping[st
 def _first_difference(tokens_a: list[str], tokens_b: list[str]) -> str:
     if len(tokens_a) != len(tokens_b):
         return f"{len(tokens_a)} tokens in A, {len(tokens_b)} in B"
-    i = next(i for i, (a, b) in enumerate(zip(tokens_a, tokens_b, strict=True)) if a != b)
+    i = int(np.flatnonzero(np.array(tokens_a, dtype=object) != np.array(tokens_b, dtype=object))[0])
     return f"token {i} is {tokens_a[i]!r} in A, {tokens_b[i]!r} in B"
 
 

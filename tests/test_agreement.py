@@ -145,40 +145,64 @@ def first(records: list[dict], taken: set[str], test) -> dict:
 
 
 def unique_spans(record: dict) -> set[tuple[int, int]]:
+    """The mention spans that occur once in a release record."""
     spans = [(m["start"], m["end"]) for chain in record["entityLink"].values() for m in chain["link"]]
     return {span for span in spans if spans.count(span) == 1}
 
 
-@pytest.mark.parametrize("lang", ["en", "zh"])
-def test_edits_of_the_real_dev_file_drop_each_task_by_the_expected_amount(tmp_path, lang):
+def retypable(record: dict) -> dict | None:
+    """A PER or LOC singleton chain of the record whose span is unique in it."""
+    chains = record["entityLink"].values()
+    return next(
+        (
+            c
+            for c in chains
+            if c["len"] == 1 and c["type"] in ("PER", "LOC") and _spans(c) <= unique_spans(record)
+        ),
+        None,
+    )
+
+
+def long_chain(record: dict) -> dict | None:
+    """A chain of 3 or more mentions of the record whose spans are unique in it."""
+    chains = record["entityLink"].values()
+    return next((c for c in chains if c["len"] >= 3 and _spans(c) <= unique_spans(record)), None)
+
+
+def _spans(chain: dict) -> set[tuple[int, int]]:
+    return {(m["start"], m["end"]) for m in chain["link"]}
+
+
+def write_edited_copies(folder: Path, lang: str) -> dict:
+    """Two release copies of the real dev file with frames for two clips, `a` as released and `b` with four
+    edits in four clips: a retyped entity (PER <-> LOC), a removed mention (the last of a chain of k >= 3),
+    a dropped relation, a moved box. Returns the folders, the edited clips, the clip whose box moved and k."""
     records = real_records(lang)
     edited, taken = copy.deepcopy(records), set()
-    # A retyped entity: a singleton chain, its span unique in the clip, PER <-> LOC.
-    retyped = first(edited, taken, lambda r: any(
-        c["len"] == 1 and c["type"] in ("PER", "LOC") and (c["link"][0]["start"], c["link"][0]["end"])
-        in unique_spans(r) for c in r["entityLink"].values()))  # fmt: skip
-    chain = next(c for c in retyped["entityLink"].values() if c["len"] == 1 and c["type"] in ("PER", "LOC")
-                 and (c["link"][0]["start"], c["link"][0]["end"]) in unique_spans(retyped))  # fmt: skip
+    chain = retypable(first(edited, taken, retypable))
     chain["type"] = chain["link"][0]["type"] = {"PER": "LOC", "LOC": "PER"}[chain["type"]]
-
-    # A removed mention: the last mention of a chain of 3 or more whose mentions are unique spans in the clip.
-    def long_chain(r):
-        return next((c for c in r["entityLink"].values() if c["len"] >= 3
-                     and {(m["start"], m["end"]) for m in c["link"]} <= unique_spans(r)), None)  # fmt: skip
-
-    shortened = first(edited, taken, long_chain)
-    chain = long_chain(shortened)
+    chain = long_chain(first(edited, taken, long_chain))
     k = chain["len"]
     chain["link"].pop()
     chain["len"] -= 1
-    # A dropped relation.
     first(edited, taken, lambda r: r["relation"])["relation"].pop(0)
-    # A moved box: two clips get frames; one box of the second moves off every box of the first.
-    boxed = [first(edited, taken, lambda r: True)["video_id"] for _ in range(2)]
-    boxes = {boxed[0]: ["PER 0.2 0.2 0.1 0.1", "LOC 0.5 0.5 0.3 0.3"], boxed[1]: ["ORG 0.7 0.7 0.2 0.2"]}
-    moved = {**boxes, boxed[1]: ["ORG 0.2 0.7 0.2 0.2"]}
-    rows_a = agreement_cli.read_rows(write_release(tmp_path / "a", records, lang, boxes), lang, "dev")
-    rows_b = agreement_cli.read_rows(write_release(tmp_path / "b", edited, lang, moved), lang, "dev")
+    # Two clips get frames: two boxes in the first, one in the second, which moves off it in `b`.
+    unmoved, moved = (first(edited, taken, lambda r: True)["video_id"] for _ in range(2))
+    boxes = {unmoved: ["PER 0.2 0.2 0.1 0.1", "LOC 0.5 0.5 0.3 0.3"], moved: ["ORG 0.7 0.7 0.2 0.2"]}
+    return {
+        "a": write_release(folder / "a", records, lang, boxes),
+        "b": write_release(folder / "b", edited, lang, {**boxes, moved: ["ORG 0.2 0.7 0.2 0.2"]}),
+        "edited": sorted(taken - {unmoved}),
+        "moved": moved,
+        "k": k,
+    }
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_edits_of_the_real_dev_file_drop_each_task_by_the_expected_amount(tmp_path, lang):
+    copies = write_edited_copies(tmp_path, lang)
+    rows_a = agreement_cli.read_rows(copies["a"], lang, "dev")
+    rows_b = agreement_cli.read_rows(copies["b"], lang, "dev")
     assert agreement(rows_a, rows_a)["tasks"]["grounding"]["f1"] == 1.0
     report = agreement(rows_a, rows_b)
 
@@ -195,6 +219,7 @@ def test_edits_of_the_real_dev_file_drop_each_task_by_the_expected_amount(tmp_pa
     # Chains: one chain of k mentions lost one. MUC loses one of A's links (P = 1); B³ recall loses
     # k - (k-1)^2/k of `mentions` (P = 1); CEAF-e: that chain pair scores 2(k-1)/(2k-1) instead of 1.
     muc = 2 * (links - 1) / (2 * links - 1)
+    k = copies["k"]
     b3_recall = (mentions - k + (k - 1) ** 2 / k) / mentions
     b3 = 2 * b3_recall / (1 + b3_recall)
     ceafe = (clusters - 1 + 2 * (k - 1) / (2 * k - 1)) / clusters
@@ -207,8 +232,8 @@ def test_edits_of_the_real_dev_file_drop_each_task_by_the_expected_amount(tmp_pa
     assert report["overall"]["average_f1"] == pytest.approx(sum(tasks[t]["f1"] for t in TASKS) / 4)
     # The four edited clips come first; every other clip agrees fully.
     ranked = report["per_clip"]
-    assert {clip["id"] for clip in ranked[:4]} == taken - {boxed[0]}
-    assert (ranked[0]["id"], ranked[0]["grounding_f1"]) == (boxed[1], 0.0)  # its only box moved
+    assert {clip["id"] for clip in ranked[:4]} == set(copies["edited"])
+    assert (ranked[0]["id"], ranked[0]["grounding_f1"]) == (copies["moved"], 0.0)  # its only box moved
     assert all(clip["average_f1"] == 1.0 and clip["kappa"] == 1.0 for clip in ranked[4:])
 
 
@@ -238,14 +263,14 @@ def test_a_clip_whose_text_differs_raises_naming_it():
         agreement(rows, rows + rows[:1])
     with pytest.raises(ValueError, match="no clip is in both sets"):
         agreement(rows[:1], rows[1:])
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "dataset_script" / "agreement.py"), *args],
-        capture_output=True, text=True, env=env, cwd=REPO,
-    )  # fmt: skip
+    changed = copy.deepcopy(rows)
+    changed[2]["frames"] = ["0.jpg"]
+    with pytest.raises(ValueError, match=rf"clip '{rows[2]['id']}': set A has 0 frames, set B 1"):
+        agreement(rows, changed)
+    with pytest.raises(
+        ValueError, match=r"record 'c', field 'entities\[1\]': span \[3, 5\) is not within its 4"
+    ):
+        bio_tags(row("c", 4, [(0, 1, "PER", 0), (3, 5, "LOC", 1)], 2))
 
 
 def test_cli_on_a_release_copy_and_a_brat_folder_writes_the_json(tmp_path):
@@ -256,8 +281,11 @@ def test_cli_on_a_release_copy_and_a_brat_folder_writes_the_json(tmp_path):
     edited[5]["relation"].pop()
     brat = export_brat(write_release(tmp_path / "b", edited, "zh", boxes), tmp_path / "brat", "zh", ("dev",))
     output = tmp_path / "out" / "agreement.json"
-    result = run_cli(
-        "--a", str(release), "--b", str(brat), "--lang", "zh", "--output", str(output), "--show", "2"
+    args = ["--a", str(release), "--b", str(brat), "--lang", "zh", "--output", str(output), "--show", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    script = str(REPO / "dataset_script" / "agreement.py")
+    result = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, env=env, cwd=REPO
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(output.read_text(encoding="utf-8"))
@@ -266,21 +294,31 @@ def test_cli_on_a_release_copy_and_a_brat_folder_writes_the_json(tmp_path):
     assert report["tasks"]["re"]["f1"] < 1.0 and report["per_clip"][0]["id"] == records[5]["video_id"]
     assert f"  {records[5]['video_id']}" in result.stdout and "Relation F1" in result.stdout
     assert os.listdir(output.parent) == ["agreement.json"]
-    # Bad input: a clear error naming the clip; the earlier report stays as it was.
-    covered = {
-        i
-        for chain in edited[3]["entityLink"].values()
-        for m in chain["link"]
-        for i in range(m["start"], m["end"])
-    }
-    free = next(i for i in range(len(edited[3]["doc"])) if i not in covered and edited[3]["doc"][i] != "某")
-    edited[3]["doc"] = edited[3]["doc"][:free] + "某" + edited[3]["doc"][free + 1 :]
-    write_release(tmp_path / "c", edited, "zh", boxes)
-    failed = run_cli("--a", str(release), "--b", str(tmp_path / "c"), "--lang", "zh", "--output", str(output))
-    assert failed.returncode == 2 and f"clip '{records[3]['video_id']}'" in failed.stderr
-    assert json.loads(output.read_text(encoding="utf-8")) == report
-    missing = run_cli("--a", str(release), "--b", str(tmp_path / "none"), "--lang", "zh")
-    assert missing.returncode == 2 and "neither a release copy" in missing.stderr
+
+
+def test_cli_stops_on_bad_input_with_a_clear_error(tmp_path, capsys):
+    records = real_records("zh")[:6]
+    release = write_release(tmp_path / "a", records, "zh", {})
+    changed = copy.deepcopy(records)
+    doc, links = changed[3]["doc"], changed[3]["entityLink"].values()
+    covered = {i for chain in links for m in chain["link"] for i in range(m["start"], m["end"])}
+    free = next(i for i in range(len(doc)) if i not in covered and doc[i] != "某")
+    changed[3]["doc"] = doc[:free] + "某" + doc[free + 1 :]
+    output = tmp_path / "agreement.json"
+    output.write_text("{}", encoding="utf-8")
+    for other, message in (
+        (
+            write_release(tmp_path / "b", changed, "zh", {}),
+            f"clip '{records[3]['video_id']}': the text differs",
+        ),
+        (tmp_path / "none", "neither a release copy"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            agreement_cli.main(
+                ["--a", str(release), "--b", str(other), "--lang", "zh", "--output", str(output)]
+            )
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert output.read_text(encoding="utf-8") == "{}"
 
 
 def test_write_json_leaves_nothing_half_written(tmp_path, monkeypatch):
