@@ -17,19 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent / "m3d"))
-
-from import_brat import SPLITS, import_brat  # noqa: E402
-from m3d_release import iter_examples  # noqa: E402  (the one import of the release reader)
-
-from modeling_m3d.agreement import agreement  # noqa: E402
-from modeling_m3d.schema import LANGUAGES, TASK_NAMES, TASKS  # noqa: E402
+from modeling_m3d.agreement import agreement
+from modeling_m3d.brat import SPLITS, import_brat
+from modeling_m3d.release import iter_examples
+from modeling_m3d.schema import LANGUAGES, TASK_NAMES, TASKS
 
 
 def release_file(folder: Path, lang: str, split: str) -> Path:

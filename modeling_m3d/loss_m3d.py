@@ -19,8 +19,8 @@ from scipy.optimize import linear_sum_assignment
 from torchcrf import CRF
 
 from .configuration_m3d import M3DConfig
+from .schema import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 _MATCH_BLOCKED = 1e4  # Hungarian cost between a slot and a box of another frame
 
 

@@ -17,8 +17,7 @@ from transformers import BatchFeature, ProcessorMixin
 
 from . import schema
 from .decoding_m3d import documents_from_decoded
-from .loss_m3d import IGNORE_INDEX
-from .schema import ENTITY_TYPES, GROUNDING_TYPES, RELATION_TYPES, check_language, join_tokens
+from .schema import ENTITY_TYPES, GROUNDING_TYPES, IGNORE_INDEX, RELATION_TYPES, check_language, join_tokens
 
 
 def _records(value: Any) -> list[dict]:

@@ -93,6 +93,9 @@ TASKS = ("ner", "coref", "re", "grounding")
 TASK_FIELDS = {"ner": "entities", "coref": "chains", "re": "relations", "grounding": "groundings"}
 TASK_NAMES = {"ner": "Entity", "coref": "Entity chain", "re": "Relation", "grounding": "Grounding"}
 
+# Label padding in batches: positions that no loss reads (PyTorch's cross-entropy default `ignore_index`).
+IGNORE_INDEX = -100
+
 _WORD_OR_MARK = re.compile(r"\w+|[^\w\s]")
 
 

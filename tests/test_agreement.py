@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from modeling_m3d.agreement import agreement, bio_tags, pair_clips, token_kappa
+from modeling_m3d.brat import export_brat
 from modeling_m3d.schema import TASKS, reference_document
 from modeling_m3d.scoring import validate_chains
 
@@ -19,7 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "dataset_script"))
 
 import agreement as agreement_cli  # noqa: E402
-from import_brat import export_brat  # noqa: E402
 
 REAL = REPO.parent / "shared" / "m3d"
 FRAMES = 2  # frames written for each clip given boxes

@@ -1,19 +1,16 @@
 """BRAT standoff import and export: exact round trip on the real files, hand-written documents, errors."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from modeling_m3d.brat import export_brat, import_brat, main
 from modeling_m3d.release import M3DFormatError
 from modeling_m3d.synthetic import write_synthetic_release
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "dataset_script"))  # the command-line tool under test
-
-from import_brat import export_brat, import_brat, main  # noqa: E402
 
 REAL = REPO.parent / "shared" / "m3d"
 
