@@ -11,13 +11,13 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
 from modeling_m3d import scoring
+from modeling_m3d.schema import reference_document
 from modeling_m3d.scoring import (
     bio_to_spans,
     box_iou,
     coref_counts,
     coref_scores,
     finalize,
-    gold_document,
     grounding_scores,
     m3d_scores,
     ner_scores,
@@ -510,7 +510,7 @@ def test_m3d_table_vi_breakdown_on_a_hand_case():
     assert all(not math.isnan(value) for value in scores.values())
 
 
-def test_gold_document_from_a_schema_row():
+def test_reference_document_from_a_schema_row_scores_perfectly():
     row = {
         "id": "video_1_2",
         "entities": [
@@ -522,7 +522,7 @@ def test_gold_document_from_a_schema_row():
         "relations": [{"subject": 0, "object": 1, "type": "PER-LOC_birth"}],
         "groundings": [{"frame": 2, "type": 2, "box": [0.5, 0.5, 0.1, 0.2]}],
     }
-    document = gold_document(row)
+    document = reference_document(row)
     assert document == {
         "entities": [
             {"start": 0, "end": 2, "type": "PER"},
@@ -536,9 +536,9 @@ def test_gold_document_from_a_schema_row():
     assert m3d_scores([document], [document])["average_f1"] == 1.0
     bad = {**row, "relations": [{"subject": 0, "object": 5, "type": "PER-LOC_birth"}]}
     with pytest.raises(ValueError, match=r"record 'video_1_2', field 'relations\[0\].object'"):
-        gold_document(bad)
+        reference_document(bad)
     assert (
-        gold_document({**row, "relations": [{"subject": 0, "object": 1, "type": 1}]}, ["a", "b"])[
+        reference_document({**row, "relations": [{"subject": 0, "object": 1, "type": 1}]}, ["a", "b"])[
             "relations"
         ][0]["type"]
         == "b"

@@ -2,7 +2,8 @@
 
 import evaluate
 
-from modeling_m3d.scoring import CheckedInputsMixin, coref_scores, metric_info
+from modeling_m3d.metric_modules import CheckedInputsMixin, metric_info
+from modeling_m3d.scoring import score_validated
 
 _CITATION = """\
 @inproceedings{vilain-etal-1995-model,
@@ -74,4 +75,4 @@ class M3DCoref(CheckedInputsMixin, evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        return coref_scores(predictions, references)
+        return score_validated("coref", predictions, references)
