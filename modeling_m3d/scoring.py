@@ -44,7 +44,7 @@ _COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 # What `validate_documents` and `score_validated` accept besides the four tasks: whole documents.
 COMBINED = "m3d"
 
-Mention = tuple[int, int]
+Mention = tuple[int, int]  # a span (start, end), end exclusive; inputs may give it as a list
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -116,15 +116,24 @@ def _mention(value: Any, side: str, doc: int, field: str) -> Mention:
     return _span(value[0], value[1], side, doc, field)
 
 
-def _mentions(chain: Any, side: str, doc: int, field: str) -> list[Mention]:
-    try:
-        mentions = [(start, end) for start, end in chain] if isinstance(chain, list) else None
-    except (TypeError, ValueError):
-        mentions = None
-    if mentions is None or not _plain_spans(mentions):
-        items = _items(chain, side, doc, field)
-        mentions = [_mention(mention, side, doc, f"{field}[{j}]") for j, mention in enumerate(items)]
-    return mentions
+def _plain_chain(chain: Any) -> bool:
+    """Whether `chain` is a list of mentions, each a list or tuple of two Python ints 0 <= start < end."""
+    return type(chain) is list and all(
+        type(mention) in (list, tuple)
+        and len(mention) == 2
+        and type(mention[0]) is int
+        and type(mention[1]) is int
+        and 0 <= mention[0] < mention[1]
+        for mention in chain
+    )
+
+
+def _mentions(chain: Any, side: str, doc: int, field: str) -> list[Sequence[int]]:
+    """The mentions of `chain`: the list itself when plain, else `(start, end)` tuples of `int`s."""
+    if _plain_chain(chain):
+        return chain
+    items = _items(chain, side, doc, field)
+    return [_mention(mention, side, doc, f"{field}[{j}]") for j, mention in enumerate(items)]
 
 
 def validate_lengths(predictions: Any, references: Any) -> None:
@@ -159,8 +168,8 @@ def validate_entities(entities: Any, side: str = "predictions", doc: int = 0) ->
     return [_entity(entity, side, doc, f"entities[{i}]") for i, entity in enumerate(items)]
 
 
-def validate_chains(chains: Any, side: str = "predictions", doc: int = 0) -> list[list[Mention]]:
-    """One document's chains `[[[start, end], ...], ...]` as lists of `(start, end)`, repeats kept.
+def validate_chains(chains: Any, side: str = "predictions", doc: int = 0) -> list[list[Sequence[int]]]:
+    """One document's chains `[[[start, end], ...], ...]`, checked; repeats are kept.
 
     What a repeated mention means is decided by the scorer (see `coref_counts`), not here.
     """
@@ -170,7 +179,7 @@ def validate_chains(chains: Any, side: str = "predictions", doc: int = 0) -> lis
     ]
 
 
-def _argument(chain: Any, side: str, doc: int, field: str) -> list[Mention]:
+def _argument(chain: Any, side: str, doc: int, field: str) -> list[Sequence[int]]:
     mentions = _mentions(chain, side, doc, field)
     if not mentions:
         raise _fail(side, doc, field, "a relation argument needs at least one mention")
@@ -178,10 +187,15 @@ def _argument(chain: Any, side: str, doc: int, field: str) -> list[Mention]:
 
 
 def validate_relations(relations: Any, side: str = "predictions", doc: int = 0) -> list[dict[str, Any]]:
-    """One document's relations `[{subject, object, type}]`, subject and object as lists of `(start, end)`."""
+    """One document's relations `[{subject, object, type}]`, checked (the dicts themselves when plain)."""
     items = _items(relations, side, doc, "relations")
     keys = ("subject", "object", "type")
     fields = _fields(items, keys)
+    if fields is not None and all(
+        subject and obj and _plain_chain(subject) and _plain_chain(obj) and type(kind) is str and kind
+        for subject, obj, kind in fields
+    ):
+        return list(items)
     if fields is None:
         fields = [
             tuple(_get(item, key, side, doc, f"relations[{i}]") for key in keys)
@@ -281,7 +295,8 @@ def validate_documents(task: str, predictions: Any, references: Any) -> tuple[li
     """Both sides of `task` (one of `TASKS`, or `COMBINED` for whole documents), checked document by document.
 
     Returns `(predictions, references)` in the form the maths reads, each value as its task's validator
-    returns it: entities and relations as dicts, mentions as `(start, end)`, every box with a `score` key.
+    returns it: entities and relations as dicts, mentions as pairs `[start, end]` of ints (lists or tuples),
+    every box with a `score` key.
     Raises `ValueError` naming the side, the document index and the field.
     """
     validate = validate_document if task == COMBINED else _VALIDATORS.get(task)
@@ -406,7 +421,7 @@ def ner_scores(predictions: Sequence, references: Sequence) -> dict[str, float]:
 
 
 def _chain_entries(
-    chains: Sequence[Sequence[Mention]], ids: dict[Mention, int]
+    chains: Sequence[Sequence[Sequence[int]]], ids: dict[Mention, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(chain index (n,), mention id (n,)) of each of the n entries of `chains`, in order.
 
@@ -446,9 +461,6 @@ def _key_and_response(pred: Sequence, gold: Sequence) -> tuple[np.ndarray, np.nd
 
 def _best_alignment(similarity: np.ndarray) -> float:
     """Total similarity of the best one-to-one alignment of key (rows) and response chains (Luo 2005)."""
-    overlaps = similarity > 0
-    if (overlaps.sum(0) <= 1).all() and (overlaps.sum(1) <= 1).all():  # no chain overlaps two: no choice
-        return float(similarity.sum())
     rows, cols = linear_sum_assignment(similarity, maximize=True)
     return float(similarity[rows, cols].sum())
 

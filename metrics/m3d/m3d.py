@@ -16,8 +16,8 @@ _KWARGS_DESCRIPTION = """
 Args:
     predictions: one dict per document {"entities": [...], "chains": [...], "relations": [...],
         "groundings": [...]}, each value in the format of the matching task module.
-    references: the gold documents, in the same format (modeling_m3d.schema.reference_document builds one from a
-        dataset row).
+    references: the gold documents, in the same format (modeling_m3d.schema.reference_document builds one
+        from a dataset row).
     symmetric_types (optional): relation types matched in either order.
 Returns:
     ner_*, coref_*, re_*, grounding_* scores, including the Table VI error rates <task>_error_*, and

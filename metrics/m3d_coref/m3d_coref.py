@@ -37,7 +37,9 @@ Entity chain extraction on M³D, scored as the paper does (after Tang and Hardme
 MUC, B³ and CEAF, using the definitions of the CoNLL-2012 reference scorer v8.01: MUC counts partitions (Vilain
 et al. 1995), B³ averages per mention (Bagga and Baldwin 1998), CEAF-e (φ4) and CEAF-m (φ3) align chains one to
 one (Luo 2005). Singleton chains count; a mention present on one side only counts in that side's
-denominators; a mention repeated in a document is kept once (its first occurrence). Numerators and
+denominators. Repeated mentions as in the reference scorer: in the references every appearance stays (a
+mention's gold chain is the last one holding it); in the predictions a repeat of a gold mention is removed
+(its first appearance stays) and a mention in no gold chain keeps every appearance. Numerators and
 denominators are summed over documents before dividing. `f1` is the CoNLL-2012 average of the MUC, B³ and
 CEAF-e F1s. Also reports the Table VI error rates over predicted chains: chains that are not inside one gold
 chain (`error_wrong_entity`) and chains strictly inside one (`error_missing_entity`).
