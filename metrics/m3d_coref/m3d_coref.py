@@ -51,7 +51,8 @@ Args:
         end exclusive).
     references: the gold chains, in the same format, one list per document.
 Returns:
-    muc_precision, muc_recall, muc_f1, b3_*, ceafe_*, ceafm_*: each metric's scores, in [0, 1].
+    muc_precision, muc_recall, muc_f1, b3_*, ceafe_*, ceafm_*: each metric's scores, in [0, 1] (CEAF above 1
+        only where a gold chain repeats a mention).
     f1: (muc_f1 + b3_f1 + ceafe_f1) / 3.
     error_wrong_entity, error_missing_entity: Table VI error counts over the number of predicted chains.
 Examples:
