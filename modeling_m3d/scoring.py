@@ -1,47 +1,37 @@
 """Scores of the four M³D tasks and their combination (paper Section VI-B and Table VI).
 
-Every metric of the project is computed here, once: the `evaluate` modules under `metrics/`, the training
-loop and the evaluation script all call these functions. Inputs follow DESIGN §4: `predictions` and
-`references` are lists with one value per document.
+Every metric of the project is computed here, once: the `evaluate` modules under `metrics/` (their `evaluate`
+side is `modeling_m3d.metric_modules`), the training loop and the evaluation script all call these functions.
+Inputs follow DESIGN §4: `predictions` and `references` are lists with one value per document. This module
+needs only numpy and scipy: neither torch nor a video library nor the model code.
 
 - Entities (`ner_*`): exact span and type.
 - Entity chains (`coref_*`): MUC, B³, CEAF-m (φ3) and CEAF-e (φ4) as the CoNLL-2012 reference scorer v8.01
-  computes them, and their CoNLL average.
+  computes them, repeated mentions included, and their CoNLL average.
 - Relations (`re_*`): chain-level triples; subject and object chains must each share a mention with the
   gold ones and the types must be equal; one-to-one by maximum bipartite matching.
 - Grounding (`grounding_*`): same frame, same type and IoU > 0.5, one-to-one by maximum bipartite matching;
   COCO-style average precision when predicted boxes carry a `score`.
 
-Counts are summed over documents before any division (micro averages). The `*_counts` functions return
-summable `Counter`s, so a loop can accumulate them batch by batch and call `finalize(task, counts)` at the end.
+Each public scorer checks its input once, with `validate_documents`, and scores what it returns; the metric
+modules check in `add_batch` and score the stored, checked documents with `score_validated`. Counts are summed
+over documents before any division (micro averages). The `*_counts` functions return summable `Counter`s, so a
+loop can accumulate them batch by batch and call `finalize(task, counts)` at the end.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .configuration_m3d import ENTITY_TYPES, GROUNDING_TYPES
+from .schema import SYMMETRIC_RELATION_TYPES, TASK_FIELDS, TASKS
 
 IOU_THRESHOLD = 0.5
-# Relation types whose subject and object may be swapped (the release annotates each in one direction only).
-SYMMETRIC_RELATION_TYPES = frozenset(
-    {
-        "PER-PER_couple",
-        "PER-PER_colleague",
-        "PER-PER_peer",
-        "PER-PER_brother_sister",
-        "PER-PER_neighbor",
-        "PER-PER_other_relatives",
-        "LOC-LOC_nearby",
-        "ORG-ORG_nearby",
-    }
-)
 # Precision/recall groups of each task ("" = the task's own precision, recall, f1) and its Table VI errors.
 _GROUPS = {"ner": ("",), "coref": ("muc_", "b3_", "ceafe_", "ceafm_"), "re": ("",), "grounding": ("",)}
 _ERRORS = {
@@ -51,19 +41,15 @@ _ERRORS = {
     "grounding": ("boundary", "type"),
 }
 _COCO_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
-# The paper's BibTeX entry: the first citation of every metric module (see `metric_info`).
-M3D_CITATION = """\
-@misc{liu-m3d,
-  title = {M$^3$D: A Multimodal, Multilingual and Multitask Dataset for Grounded Document-level Information Extraction},
-  author = {Liu, Jiang and Li, Bobo and Yang, Xinran and Yang, Na and Fei, Hao and Zhang, Mingyao and Li, Fei and Ji, Donghong},
-}
-"""
+# What `validate_documents` and `score_validated` accept besides the four tasks: whole documents.
+COMBINED = "m3d"
 
-Mention = tuple[int, int]
+Mention = tuple[int, int]  # a span (start, end), end exclusive; inputs may give it as a list
 
 
 # --------------------------------------------------------------------------------------------------------
-# Validation: turns one document's value into plain tuples/arrays, or raises naming document and field.
+# Validation: each validator checks one document's value and returns it in the form the maths reads (plain
+# ints, floats and strings; what a metric module stores), or raises naming the side, document and field.
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -130,15 +116,24 @@ def _mention(value: Any, side: str, doc: int, field: str) -> Mention:
     return _span(value[0], value[1], side, doc, field)
 
 
-def _mentions(chain: Any, side: str, doc: int, field: str) -> list[Mention]:
-    try:
-        mentions = [(start, end) for start, end in chain] if isinstance(chain, list) else None
-    except (TypeError, ValueError):
-        mentions = None
-    if mentions is None or not _plain_spans(mentions):
-        items = _items(chain, side, doc, field)
-        mentions = [_mention(mention, side, doc, f"{field}[{j}]") for j, mention in enumerate(items)]
-    return mentions
+def _plain_chain(chain: Any) -> bool:
+    """Whether `chain` is a list of mentions, each a list or tuple of two Python ints 0 <= start < end."""
+    return type(chain) is list and all(
+        type(mention) in (list, tuple)
+        and len(mention) == 2
+        and type(mention[0]) is int
+        and type(mention[1]) is int
+        and 0 <= mention[0] < mention[1]
+        for mention in chain
+    )
+
+
+def _mentions(chain: Any, side: str, doc: int, field: str) -> list[Sequence[int]]:
+    """The mentions of `chain`: the list itself when plain, else `(start, end)` tuples of `int`s."""
+    if _plain_chain(chain):
+        return chain
+    items = _items(chain, side, doc, field)
+    return [_mention(mention, side, doc, f"{field}[{j}]") for j, mention in enumerate(items)]
 
 
 def validate_lengths(predictions: Any, references: Any) -> None:
@@ -153,71 +148,70 @@ def validate_lengths(predictions: Any, references: Any) -> None:
         )
 
 
-def _entity(entity: Any, side: str, doc: int, field: str) -> tuple[int, int, str]:
+def _entity(entity: Any, side: str, doc: int, field: str) -> dict[str, Any]:
     start, end = _span(
         _get(entity, "start", side, doc, field), _get(entity, "end", side, doc, field), side, doc, field
     )
-    return start, end, _type_name(_get(entity, "type", side, doc, field), side, doc, f"{field}.type")
+    return {
+        "start": start,
+        "end": end,
+        "type": _type_name(_get(entity, "type", side, doc, field), side, doc, f"{field}.type"),
+    }
 
 
-def validate_entities(entities: Any, side: str = "predictions", doc: int = 0) -> set[tuple[int, int, str]]:
-    """One document's entities `[{start, end, type}]` as a set of `(start, end, type)` (duplicates dropped)."""
+def validate_entities(entities: Any, side: str = "predictions", doc: int = 0) -> list[dict[str, Any]]:
+    """One document's entities `[{start, end, type}]`, checked (the dicts themselves when already plain)."""
     items = _items(entities, side, doc, "entities")
     spans = _fields(items, ("start", "end", "type"))
-    if spans is None or not (_plain_spans(spans) and _plain_names(span[2] for span in spans)):
-        spans = [_entity(entity, side, doc, f"entities[{i}]") for i, entity in enumerate(items)]
-    return set(spans)
+    if spans is not None and _plain_spans(spans) and _plain_names(span[2] for span in spans):
+        return list(items)
+    return [_entity(entity, side, doc, f"entities[{i}]") for i, entity in enumerate(items)]
 
 
-def validate_chains(chains: Any, side: str = "predictions", doc: int = 0) -> list[list[Mention]]:
-    """One document's chains `[[[start, end], ...], ...]`, with repeated mentions dropped.
+def validate_chains(chains: Any, side: str = "predictions", doc: int = 0) -> list[list[Sequence[int]]]:
+    """One document's chains `[[[start, end], ...], ...]`, checked; repeats are kept.
 
-    As in the CoNLL reference scorer, a mention seen earlier in the document (in the same chain or another)
-    is dropped; chains left empty disappear.
+    What a repeated mention means is decided by the scorer (see `coref_counts`), not here.
     """
-    seen: set[Mention] = set()
-    clusters = []
-    for i, chain in enumerate(_items(chains, side, doc, "chains")):
-        cluster = []
-        for mention in _mentions(chain, side, doc, f"chains[{i}]"):
-            if mention not in seen:
-                seen.add(mention)
-                cluster.append(mention)
-        if cluster:
-            clusters.append(cluster)
-    return clusters
+    return [
+        _mentions(chain, side, doc, f"chains[{i}]")
+        for i, chain in enumerate(_items(chains, side, doc, "chains"))
+    ]
 
 
-def _argument(chain: Any, side: str, doc: int, field: str) -> frozenset[Mention]:
+def _argument(chain: Any, side: str, doc: int, field: str) -> list[Sequence[int]]:
     mentions = _mentions(chain, side, doc, field)
     if not mentions:
         raise _fail(side, doc, field, "a relation argument needs at least one mention")
-    return frozenset(mentions)
+    return mentions
 
 
-def validate_relations(
-    relations: Any, side: str = "predictions", doc: int = 0
-) -> list[tuple[frozenset[Mention], frozenset[Mention], str]]:
-    """One document's relations `[{subject, object, type}]` as `(subject mentions, object mentions, type)`."""
+def validate_relations(relations: Any, side: str = "predictions", doc: int = 0) -> list[dict[str, Any]]:
+    """One document's relations `[{subject, object, type}]`, checked (the dicts themselves when plain)."""
     items = _items(relations, side, doc, "relations")
-    fields = _fields(items, ("subject", "object", "type"))
+    keys = ("subject", "object", "type")
+    fields = _fields(items, keys)
+    if fields is not None and all(
+        subject and obj and _plain_chain(subject) and _plain_chain(obj) and type(kind) is str and kind
+        for subject, obj, kind in fields
+    ):
+        return list(items)
     if fields is None:
-        keys = ("subject", "object", "type")
         fields = [
             tuple(_get(item, key, side, doc, f"relations[{i}]") for key in keys)
             for i, item in enumerate(items)
         ]
     return [
-        (
-            _argument(subject, side, doc, f"relations[{i}].subject"),
-            _argument(obj, side, doc, f"relations[{i}].object"),
-            _type_name(kind, side, doc, f"relations[{i}].type"),
-        )
+        {
+            "subject": _argument(subject, side, doc, f"relations[{i}].subject"),
+            "object": _argument(obj, side, doc, f"relations[{i}].object"),
+            "type": _type_name(kind, side, doc, f"relations[{i}].type"),
+        }
         for i, (subject, obj, kind) in enumerate(fields)
     ]
 
 
-def _grounding(item: Any, side: str, doc: int, field: str) -> tuple:
+def _grounding(item: Any, side: str, doc: int, field: str) -> dict[str, Any]:
     frame, box = _get(item, "frame", side, doc, field), _get(item, "box", side, doc, field)
     if not _is_int(frame) or frame < 0:
         raise _fail(side, doc, f"{field}.frame", f"expected a frame index >= 0, got {frame!r}")
@@ -233,12 +227,12 @@ def _grounding(item: Any, side: str, doc: int, field: str) -> tuple:
     score = item.get("score")
     if score is not None and not (_is_number(score) and math.isfinite(score)):
         raise _fail(side, doc, f"{field}.score", f"expected a finite number, got {score!r}")
-    return (
-        int(frame),
-        _type_name(_get(item, "type", side, doc, field), side, doc, f"{field}.type"),
-        box,
-        score,
-    )
+    return {
+        "frame": int(frame),
+        "type": _type_name(_get(item, "type", side, doc, field), side, doc, f"{field}.type"),
+        "box": [float(v) for v in box],
+        "score": None if score is None else float(score),
+    }
 
 
 def _plain_groundings(fields: list[tuple]) -> bool:
@@ -258,42 +252,66 @@ def _plain_groundings(fields: list[tuple]) -> bool:
     )
 
 
-def validate_groundings(groundings: Any, side: str = "predictions", doc: int = 0) -> dict[str, Any]:
-    """One document's boxes `[{frame, type, box, score?}]` as arrays `frame`, `type`, `box` (n, 4), `score`.
+def validate_groundings(groundings: Any, side: str = "predictions", doc: int = 0) -> list[dict[str, Any]]:
+    """One document's boxes `[{frame, type, box, score?}]`, each with a `score` key (None where absent).
 
-    `score` is None when the boxes carry no score; a document mixing boxes with and without one is an error.
+    Either every box of a document has a score or none: mixing them is an error.
     """
     items = _items(groundings, side, doc, "groundings")
     fields = _fields(items, ("frame", "type", "box"))
     if fields is not None:
         fields = [(*values, item.get("score")) for values, item in zip(fields, items, strict=True)]
-    if fields is None or not _plain_groundings(fields):
-        fields = [_grounding(item, side, doc, f"groundings[{i}]") for i, item in enumerate(items)]
-    frames, types, boxes, scores = zip(*fields, strict=True) if fields else ((), (), (), ())
-    missing = [score is None for score in scores]
+    if fields is not None and _plain_groundings(fields):
+        boxes = [item if "score" in item else {**item, "score": None} for item in items]
+    else:
+        boxes = [_grounding(item, side, doc, f"groundings[{i}]") for i, item in enumerate(items)]
+    missing = [box["score"] is None for box in boxes]
     if any(missing) and not all(missing):
         first = missing.index(not missing[0])
         raise _fail(
             side, doc, f"groundings[{first}].score", "either every box of a document has a score or none"
         )
-    return {
-        "frame": np.asarray(frames, dtype=np.int64),
-        "type": np.asarray(types, dtype=object),
-        "box": np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-        "score": None if any(missing) else np.asarray(scores, dtype=np.float64),
-    }
+    return boxes
+
+
+_VALIDATORS: dict[str, Callable[[Any, str, int], Any]] = {
+    "ner": validate_entities,
+    "coref": validate_chains,
+    "re": validate_relations,
+    "grounding": validate_groundings,
+}
+
+
+def validate_document(document: Any, side: str = "predictions", doc: int = 0) -> dict[str, Any]:
+    """One combined document `{entities, chains, relations, groundings}`, each value checked by its task's
+    validator; all four keys are required."""
+    for field in TASK_FIELDS.values():
+        if not isinstance(document, Mapping) or document.get(field) is None:
+            raise _fail(side, doc, field, f"missing from the document {type(document).__name__}")
+    return {field: _VALIDATORS[task](document[field], side, doc) for task, field in TASK_FIELDS.items()}
+
+
+def validate_documents(task: str, predictions: Any, references: Any) -> tuple[list, list]:
+    """Both sides of `task` (one of `TASKS`, or `COMBINED` for whole documents), checked document by document.
+
+    Returns `(predictions, references)` in the form the maths reads, each value as its task's validator
+    returns it: entities and relations as dicts, mentions as pairs `[start, end]` of ints (lists or tuples),
+    every box with a `score` key.
+    Raises `ValueError` naming the side, the document index and the field.
+    """
+    validate = validate_document if task == COMBINED else _VALIDATORS.get(task)
+    if validate is None:
+        raise ValueError(f"unknown task {task!r}: expected one of {(*TASKS, COMBINED)}")
+    validate_lengths(predictions, references)
+    return (
+        [validate(value, "predictions", doc) for doc, value in enumerate(predictions)],
+        [validate(value, "references", doc) for doc, value in enumerate(references)],
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
 # Shared pieces
 # --------------------------------------------------------------------------------------------------------
-
-
-def _documents(predictions: Sequence, references: Sequence, validate) -> Iterable[tuple[int, Any, Any]]:
-    """(document index, validated prediction, validated reference) for each document."""
-    validate_lengths(predictions, references)
-    for doc, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
-        yield doc, validate(prediction, "predictions", doc), validate(reference, "references", doc)
 
 
 def _tp_counts(tp: int, n_pred: int, n_gold: int) -> dict[str, int]:
@@ -373,10 +391,11 @@ def bio_to_spans(tags: Sequence[str]) -> list[dict[str, Any]]:
     ]
 
 
-def ner_counts(predictions: Sequence, references: Sequence) -> Counter:
-    """Summable entity counts; Table VI errors: predicted span matches no gold span / span right, type wrong."""
+def _ner_counts(predictions: Sequence[list], references: Sequence[list]) -> Counter:
     counts = Counter()
-    for _, pred, gold in _documents(predictions, references, validate_entities):
+    for pred_entities, gold_entities in zip(predictions, references, strict=True):
+        pred = {(entity["start"], entity["end"], entity["type"]) for entity in pred_entities}
+        gold = {(entity["start"], entity["end"], entity["type"]) for entity in gold_entities}
         tp = len(pred & gold)
         gold_spans = {(start, end) for start, end, _ in gold}
         boundary = sum((start, end) not in gold_spans for start, end, _ in pred)
@@ -385,63 +404,125 @@ def ner_counts(predictions: Sequence, references: Sequence) -> Counter:
     return counts
 
 
+def ner_counts(predictions: Sequence, references: Sequence) -> Counter:
+    """Summable entity counts (an entity repeated in a document counts once); Table VI errors: predicted span
+    matches no gold span / span right, type wrong."""
+    return _ner_counts(*validate_documents("ner", predictions, references))
+
+
 def ner_scores(predictions: Sequence, references: Sequence) -> dict[str, float]:
     """Exact span-and-type precision, recall, f1 (micro) of entities `[{start, end, type}]` per document."""
-    return finalize("ner", ner_counts(predictions, references))
+    return score_validated("ner", *validate_documents("ner", predictions, references))
 
 
 # --------------------------------------------------------------------------------------------------------
-# Entity chains
+# Entity chains, as the CoNLL-2012 reference scorer v8.01 (`CorScorer.pm`) reads them, repeats included
 # --------------------------------------------------------------------------------------------------------
 
 
-def _ceaf(similarity: np.ndarray, gold: np.ndarray, pred: np.ndarray) -> float:
-    """Best one-to-one alignment score of chains (Luo 2005) from the nonzero similarities of (gold, pred)."""
-    if len(np.unique(gold)) == len(gold) and len(np.unique(pred)) == len(pred):
-        return float(similarity.sum())
-    dense = np.zeros((gold.max() + 1, pred.max() + 1))
-    dense[gold, pred] = similarity
-    rows, cols = linear_sum_assignment(dense, maximize=True)
-    return float(dense[rows, cols].sum())
+def _chain_entries(
+    chains: Sequence[Sequence[Sequence[int]]], ids: dict[Mention, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(chain index (n,), mention id (n,)) of each of the n entries of `chains`, in order.
+
+    `ids` maps each span `(start, end)` to its id; a span seen for the first time gets the next one.
+    """
+    chain_index = [c for c, chain in enumerate(chains) for _ in chain]
+    mention_ids = [ids.setdefault((start, end), len(ids)) for chain in chains for start, end in chain]
+    return np.array(chain_index, dtype=np.int64), np.array(mention_ids, dtype=np.int64)
 
 
-def _coref_document(pred: list[list[Mention]], gold: list[list[Mention]]) -> dict[str, float]:
-    gold_of = {mention: g for g, chain in enumerate(gold) for mention in chain}
-    overlap = Counter((gold_of[m], p) for p, chain in enumerate(pred) for m in chain if m in gold_of)
-    g_idx = np.fromiter((g for g, _ in overlap), dtype=np.int64, count=len(overlap))
-    p_idx = np.fromiter((p for _, p in overlap), dtype=np.int64, count=len(overlap))
-    common = np.fromiter(overlap.values(), dtype=np.float64, count=len(overlap))
-    gold_sizes = np.array([len(chain) for chain in gold], dtype=np.float64)
-    pred_sizes = np.array([len(chain) for chain in pred], dtype=np.float64)
-    n_gold, n_pred = gold_sizes.sum(), pred_sizes.sum()
-    # MUC: sum over chains of |K| - |partitions of K| = common mentions - nonzero (gold, pred) pairs, both ways
-    muc = common.sum() - len(overlap)
-    phi4 = 2 * common / (gold_sizes[g_idx] + pred_sizes[p_idx])
-    ceafe, ceafm = (_ceaf(s, g_idx, p_idx) if len(overlap) else 0.0 for s in (phi4, common))
-    # Table VI: a predicted chain inside one gold chain is right (same size) or misses entities; else wrong
-    inside = common == pred_sizes[p_idx]
-    exact = int((inside & (common == gold_sizes[g_idx])).sum())
+def _incidence(chain: np.ndarray, mention: np.ndarray, n_chains: int, n_mentions: int) -> np.ndarray:
+    """(chains, mentions) number of entries of each mention id in each chain; chains without one dropped."""
+    flat = np.bincount(chain * n_mentions + mention, minlength=n_chains * n_mentions)
+    counts = flat.reshape(n_chains, n_mentions)
+    return counts[counts.any(1)]
+
+
+def _key_and_response(pred: Sequence, gold: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Key (gold) and response (predicted) incidence matrices (chains, mention ids) of one document.
+
+    As `IdentifMentions` of the reference scorer: a span has one id on both sides. Key chains keep every
+    entry, repeats included. Walking the response chains in order, an entry whose span is a key mention and
+    was seen earlier in the response (in this chain or an earlier one) is removed; spans that are no key
+    mention (invented) keep every entry. Chains left empty are dropped on both sides.
+    """
+    ids: dict[Mention, int] = {}
+    key_chain, key_ids = _chain_entries(gold, ids)
+    n_key_mentions = len(ids)  # key mentions have the ids below, invented ones the ids from here on
+    response_chain, response_ids = _chain_entries(pred, ids)
+    first = np.zeros(len(response_ids), dtype=bool)
+    first[np.unique(response_ids, return_index=True)[1]] = True
+    kept = first | (response_ids >= n_key_mentions)
+    key = _incidence(key_chain, key_ids, len(gold), len(ids))
+    response = _incidence(response_chain[kept], response_ids[kept], len(pred), len(ids))
+    return key, response
+
+
+def _best_alignment(similarity: np.ndarray) -> float:
+    """Total similarity of the best one-to-one alignment of key (rows) and response chains (Luo 2005)."""
+    rows, cols = linear_sum_assignment(similarity, maximize=True)
+    return float(similarity[rows, cols].sum())
+
+
+def _coref_document(pred: Sequence, gold: Sequence) -> dict[str, float]:
+    """MUC, B³, CEAF-e and CEAF-m numerators and denominators, and Table VI chain errors, of one document."""
+    key, response = _key_and_response(pred, gold)
+    key_sizes, response_sizes = key.sum(1), response.sum(1)  # entries, repeats included
+    holds = key > 0
+    # K(m), the key chain of mention m, is the last key chain holding it (the scorer indexes key mentions so)
+    holds_last = holds & (np.cumsum(holds[::-1], axis=0)[::-1] == 1)  # (K, mention ids)
+    response_in_key = response @ holds.T  # (R, K): entries of R whose mention is in K
+    response_of_key = response @ holds_last.T  # (R, K): entries m of R with K(m) = K
+    key_in_response = key @ (response > 0).T  # (K, R): entries of K whose mention is in R
+    # MUC: each entry of R whose key chain K(m) holds a later entry of R is a correct link
+    muc = int(np.maximum(response_of_key - 1, 0).sum())
+    # B³: each entry m of R adds c/|R| and c/|K(m)|, c = entries of R in K(m); summed over the m of each (R, K)
+    b3 = response_of_key * response_in_key
+    # CEAF: φ3 = |K ∩ R| counted in K's entries, φ4 = 2 |K ∩ R| / (|K| + |R|)
+    phi4 = 2 * key_in_response / (key_sizes[:, None] + response_sizes[None, :])
+    ceafe, ceafm = _best_alignment(phi4), _best_alignment(key_in_response)
+    # Table VI: a predicted chain inside one gold chain is right (the same mentions) or misses some; else wrong
+    inside = response_in_key == response_sizes[:, None]
+    exact = inside & (key_in_response.T == key_sizes[None, :])
+    n_inside, n_exact = int(inside.any(1).sum()), int(exact.any(1).sum())
+    n_key, n_response = int(key_sizes.sum()), int(response_sizes.sum())
     return {
-        "muc_recall_num": muc, "muc_recall_den": n_gold - len(gold),
-        "muc_precision_num": muc, "muc_precision_den": n_pred - len(pred),
-        "b3_recall_num": float((common**2 / gold_sizes[g_idx]).sum()), "b3_recall_den": n_gold,
-        "b3_precision_num": float((common**2 / pred_sizes[p_idx]).sum()), "b3_precision_den": n_pred,
-        "ceafe_recall_num": ceafe, "ceafe_recall_den": len(gold),
-        "ceafe_precision_num": ceafe, "ceafe_precision_den": len(pred),
-        "ceafm_recall_num": ceafm, "ceafm_recall_den": n_gold,
-        "ceafm_precision_num": ceafm, "ceafm_precision_den": n_pred,
-        "predictions": len(pred),
-        "error_wrong_entity": len(pred) - int(inside.sum()),
-        "error_missing_entity": int(inside.sum()) - exact,
+        "muc_recall_num": muc, "muc_recall_den": n_key - len(key),
+        "muc_precision_num": muc, "muc_precision_den": n_response - len(response),
+        "b3_recall_num": float((b3 / key_sizes[None, :]).sum()), "b3_recall_den": n_key,
+        "b3_precision_num": float((b3 / response_sizes[:, None]).sum()), "b3_precision_den": n_response,
+        "ceafe_recall_num": ceafe, "ceafe_recall_den": len(key),
+        "ceafe_precision_num": ceafe, "ceafe_precision_den": len(response),
+        "ceafm_recall_num": ceafm, "ceafm_recall_den": n_key,
+        "ceafm_precision_num": ceafm, "ceafm_precision_den": n_response,
+        "predictions": len(response),
+        "error_wrong_entity": len(response) - n_inside,
+        "error_missing_entity": n_inside - n_exact,
     }  # fmt: skip
 
 
-def coref_counts(predictions: Sequence, references: Sequence) -> Counter:
-    """Summable MUC, B³, CEAF-e and CEAF-m numerators/denominators; Table VI chain errors."""
+def _coref_counts(predictions: Sequence[list], references: Sequence[list]) -> Counter:
     counts = Counter()
-    for _, pred, gold in _documents(predictions, references, validate_chains):
+    for pred, gold in zip(predictions, references, strict=True):
         counts.update(_coref_document(pred, gold))
     return counts
+
+
+def coref_counts(predictions: Sequence, references: Sequence) -> Counter:
+    """Summable MUC, B³, CEAF-e and CEAF-m numerators/denominators; Table VI chain errors.
+
+    Per document, as the CoNLL-2012 reference scorer v8.01 (`IdentifMentions`, `MUCScorer`, `BCUBED`, `CEAF`):
+    - a span repeated in the key keeps one id and stays in every key chain where it appears; |K| counts every
+      entry; K(m), the key chain of a mention m, is the last key chain holding it (none for an invented m);
+    - in the response, an entry whose span is a key mention already seen in the response (in this chain or
+      an earlier one) is removed; a span that is no key mention keeps every entry; empty chains are dropped.
+    MUC correct links = Σ over (R, K) of max(n - 1, 0), n the entries m of R with K(m) = K; key and response
+    links Σ (|K| - 1), Σ (|R| - 1). B³: each entry m of R adds c/|R| to precision and c/|K(m)| to recall, c
+    being the entries of R whose mention is in K(m); denominators Σ |R|, Σ |K|. CEAF aligns chains one to
+    one, with φ3 = |K ∩ R| (the entries of K whose mention is in R) and φ4 = 2 |K ∩ R| / (|K| + |R|).
+    """
+    return _coref_counts(*validate_documents("coref", predictions, references))
 
 
 def coref_scores(predictions: Sequence, references: Sequence) -> dict[str, float]:
@@ -449,9 +530,9 @@ def coref_scores(predictions: Sequence, references: Sequence) -> dict[str, float
 
     Each document's value is a list of chains, a chain a list of mentions `[start, end]`. Definitions of the
     CoNLL-2012 reference scorer v8.01: singletons count, mentions of one side only count in the denominators,
-    repeated mentions are dropped. `f1` is the CoNLL average of the MUC, B³ and CEAF-e F1s.
+    repeated mentions as `coref_counts` says. `f1` is the CoNLL average of the MUC, B³ and CEAF-e F1s.
     """
-    return finalize("coref", coref_counts(predictions, references))
+    return score_validated("coref", *validate_documents("coref", predictions, references))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -469,6 +550,13 @@ def _index(chains: Iterable[frozenset[Mention]]) -> dict[Mention, set[int]]:
 
 def _touching(chain: frozenset[Mention], index: Mapping[Mention, set[int]]) -> set[int]:
     return set().union(*(index.get(mention, ()) for mention in chain))
+
+
+def _triples(relations: Sequence[Mapping]) -> list[tuple[frozenset[Mention], frozenset[Mention], str]]:
+    return [
+        (frozenset(map(tuple, r["subject"])), frozenset(map(tuple, r["object"])), r["type"])
+        for r in relations
+    ]
 
 
 def _relation_document(pred: list, gold: list, symmetric: frozenset[str]) -> dict[str, int]:
@@ -490,16 +578,22 @@ def _relation_document(pred: list, gold: list, symmetric: frozenset[str]) -> dic
     }
 
 
+def _relation_counts(
+    predictions: Sequence[list], references: Sequence[list], symmetric_types: Iterable[str] | None
+) -> Counter:
+    symmetric = SYMMETRIC_RELATION_TYPES if symmetric_types is None else frozenset(symmetric_types)
+    counts = Counter()
+    for pred, gold in zip(predictions, references, strict=True):
+        counts.update(_relation_document(_triples(pred), _triples(gold), symmetric))
+    return counts
+
+
 def relation_counts(
     predictions: Sequence, references: Sequence, symmetric_types: Iterable[str] | None = None
 ) -> Counter:
     """Summable relation counts; Table VI errors: no gold relation between the two chains (either direction) /
     a gold relation between them, but none of the predicted type and direction."""
-    symmetric = SYMMETRIC_RELATION_TYPES if symmetric_types is None else frozenset(symmetric_types)
-    counts = Counter()
-    for _, pred, gold in _documents(predictions, references, validate_relations):
-        counts.update(_relation_document(pred, gold, symmetric))
-    return counts
+    return _relation_counts(*validate_documents("re", predictions, references), symmetric_types)
 
 
 def relation_scores(
@@ -510,11 +604,11 @@ def relation_scores(
     A predicted `{subject, object, type}` (subject and object are chains: lists of mentions `[start, end]`)
     can match a gold relation when its subject chain shares a mention with the gold subject chain, its
     object chain with the gold object chain, and the types are equal; for `symmetric_types` (default
-    `SYMMETRIC_RELATION_TYPES`) subject and object may also be swapped. Each gold relation is matched at most
-    once: true positives are a maximum bipartite matching per document (edges only join equal types, so it
-    is the union of the matchings per type).
+    `schema.SYMMETRIC_RELATION_TYPES`) subject and object may also be swapped. Each gold relation is matched
+    at most once: true positives are a maximum bipartite matching per document (edges only join equal types,
+    so it is the union of the matchings per type).
     """
-    return finalize("re", relation_counts(predictions, references, symmetric_types))
+    return score_validated("re", *validate_documents("re", predictions, references), symmetric_types)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -573,10 +667,25 @@ def _average_precisions(detections: list[tuple[np.ndarray, ...]], gold_types: Co
     return ap
 
 
-def _grounding_pass(predictions: Sequence, references: Sequence) -> tuple[Counter, dict[str, float]]:
+def _box_arrays(boxes: Sequence[Mapping]) -> dict[str, Any]:
+    """A document's validated boxes as arrays `frame` (n,), `type` (n,), `box` (n, 4) and `score` (n,) or None."""
+    return {
+        "frame": np.array([box["frame"] for box in boxes], dtype=np.int64),
+        "type": np.array([box["type"] for box in boxes], dtype=object),
+        "box": np.array([box["box"] for box in boxes], dtype=np.float64).reshape(-1, 4),
+        "score": np.array([box["score"] for box in boxes], dtype=np.float64)
+        if boxes and boxes[0]["score"] is not None
+        else None,
+    }
+
+
+def _grounding_pass(
+    predictions: Sequence[list], references: Sequence[list]
+) -> tuple[Counter, dict[str, float]]:
     """Summable counts, and the average precisions when the predicted boxes carry scores (else {})."""
     counts, gold_types, detections, scored = Counter(), Counter(), [], None
-    for doc, pred, gold in _documents(predictions, references, validate_groundings):
+    for doc, (pred_boxes, gold_boxes) in enumerate(zip(predictions, references, strict=True)):
+        pred, gold = _box_arrays(pred_boxes), _box_arrays(gold_boxes)
         iou = box_iou(pred["box"], gold["box"])
         boundary = (pred["frame"][:, None] == gold["frame"][None]) & (iou > IOU_THRESHOLD)
         admissible = boundary & (pred["type"][:, None] == gold["type"][None])
@@ -602,7 +711,12 @@ def _grounding_pass(predictions: Sequence, references: Sequence) -> tuple[Counte
 def grounding_counts(predictions: Sequence, references: Sequence) -> Counter:
     """Summable grounding counts; Table VI errors: no gold box of the frame has IoU > 0.5 / one has, but
     none of the predicted type."""
-    return _grounding_pass(predictions, references)[0]
+    return _grounding_pass(*validate_documents("grounding", predictions, references))[0]
+
+
+def _grounding_scores(predictions: Sequence[list], references: Sequence[list]) -> dict[str, float]:
+    counts, average_precisions = _grounding_pass(predictions, references)
+    return {**finalize("grounding", counts), **average_precisions}
 
 
 def grounding_scores(predictions: Sequence, references: Sequence) -> dict[str, float]:
@@ -614,23 +728,27 @@ def grounding_scores(predictions: Sequence, references: Sequence) -> dict[str, f
     per document, precision made non-increasing and read at 101 recall points), and `map50`, their mean over
     the types that have gold boxes.
     """
-    counts, average_precisions = _grounding_pass(predictions, references)
-    return {**finalize("grounding", counts), **average_precisions}
+    return score_validated("grounding", *validate_documents("grounding", predictions, references))
 
 
 # --------------------------------------------------------------------------------------------------------
-# Combined
+# Combined, and scoring checked documents
 # --------------------------------------------------------------------------------------------------------
 
-_DOCUMENT_KEYS = {"ner": "entities", "coref": "chains", "re": "relations", "grounding": "groundings"}
 
+def _m3d_scores(
+    predictions: Sequence[dict], references: Sequence[dict], symmetric_types: Iterable[str] | None
+) -> dict[str, float]:
+    def field(documents: Sequence[dict], task: str) -> list:
+        return [document[TASK_FIELDS[task]] for document in documents]
 
-def _task_lists(documents: Sequence, side: str) -> dict[str, list]:
-    for doc, document in enumerate(documents):
-        for key in _DOCUMENT_KEYS.values():
-            if not isinstance(document, Mapping) or document.get(key) is None:
-                raise _fail(side, doc, key, f"missing from the document {type(document).__name__}")
-    return {task: [document[key] for document in documents] for task, key in _DOCUMENT_KEYS.items()}
+    per_task = {
+        task: score_validated(task, field(predictions, task), field(references, task), symmetric_types)
+        for task in TASKS
+    }
+    scores = {f"{task}_{name}": value for task, values in per_task.items() for name, value in values.items()}
+    scores["average_f1"] = sum(values["f1"] for values in per_task.values()) / len(per_task)
+    return scores
 
 
 def m3d_scores(
@@ -641,191 +759,24 @@ def m3d_scores(
     Keys are `ner_*`, `coref_*`, `re_*`, `grounding_*` (each task's scores, including its Table VI error
     rates `<task>_error_*`), and `average_f1`, the mean of the four task F1s.
     """
-    validate_lengths(predictions, references)
-    pred, gold = _task_lists(predictions, "predictions"), _task_lists(references, "references")
-    per_task = {
-        "ner": ner_scores(pred["ner"], gold["ner"]),
-        "coref": coref_scores(pred["coref"], gold["coref"]),
-        "re": relation_scores(pred["re"], gold["re"], symmetric_types),
-        "grounding": grounding_scores(pred["grounding"], gold["grounding"]),
-    }
-    scores = {f"{task}_{name}": value for task, values in per_task.items() for name, value in values.items()}
-    scores["average_f1"] = sum(values["f1"] for values in per_task.values()) / len(per_task)
-    return scores
+    return score_validated(COMBINED, *validate_documents(COMBINED, predictions, references), symmetric_types)
 
 
-# --------------------------------------------------------------------------------------------------------
-# References from dataset rows, and the metric modules' input features
-# --------------------------------------------------------------------------------------------------------
-
-
-def _label(value: Any, names: Sequence[str] | None, record: str, field: str) -> str:
-    if isinstance(value, str):
-        return value
-    if _is_int(value) and names is not None and 0 <= value < len(names):
-        return names[value]
-    raise ValueError(
-        f"record {record!r}, field '{field}': {value!r} is not a type name or an index of {names}"
-    )
-
-
-def _index_of(value: Any, size: int, record: str, field: str) -> int:
-    if not _is_int(value) or not 0 <= value < size:
-        raise ValueError(f"record {record!r}, field '{field}': {value!r} is not an index below {size}")
-    return int(value)
-
-
-def gold_document(
-    row: Mapping[str, Any],
-    relation_types: Sequence[str] | None = None,
-    *,
-    entity_types: Sequence[str] = ENTITY_TYPES,
-    grounding_types: Sequence[str] = GROUNDING_TYPES,
-) -> dict[str, list]:
-    """The combined reference `{entities, chains, relations, groundings}` of a dataset row (DESIGN §2).
-
-    Integer types (ClassLabel) are named by `entity_types` / `grounding_types`, integer relation types by
-    `relation_types`; string types pass through. Chains list their entities' mentions in entity order.
+def score_validated(
+    task: str, predictions: list, references: list, symmetric_types: Iterable[str] | None = None
+) -> dict[str, float]:
+    """The scores of `task` (one of `TASKS`, or `COMBINED`) of documents already checked by
+    `validate_documents(task, ...)`, or in the form it returns (what a metric module stores after checking
+    it in `add_batch`): nothing is checked again. `symmetric_types` is read by "re" and `COMBINED` only.
     """
-    record = str(row.get("id", row.get("video_id", "?")))
-    chains: list[list[list[int]]] = [[] for _ in row.get("chains") or ()]
-    entities = []
-    for i, entity in enumerate(row.get("entities") or ()):
-        chain = _index_of(entity["chain"], len(chains), record, f"entities[{i}].chain")
-        start, end = int(entity["start"]), int(entity["end"])
-        entities.append(
-            {
-                "start": start,
-                "end": end,
-                "type": _label(entity["type"], entity_types, record, f"entities[{i}].type"),
-            }
-        )
-        chains[chain].append([start, end])
-    relations = []
-    for i, relation in enumerate(row.get("relations") or ()):
-        ends = {}
-        for key in ("subject", "object"):
-            ends[key] = chains[_index_of(relation[key], len(chains), record, f"relations[{i}].{key}")]
-            if not ends[key]:
-                raise ValueError(
-                    f"record {record!r}, field 'relations[{i}].{key}': chain {relation[key]} has no mention"
-                )
-        relations.append(
-            {**ends, "type": _label(relation["type"], relation_types, record, f"relations[{i}].type")}
-        )
-    groundings = [
-        {
-            "frame": int(box["frame"]),
-            "type": _label(box["type"], grounding_types, record, f"groundings[{i}].type"),
-            "box": [float(v) for v in box["box"]],
-        }
-        for i, box in enumerate(row.get("groundings") or ())
-    ]
-    return {
-        "entities": entities,
-        "chains": [c for c in chains if c],
-        "relations": relations,
-        "groundings": groundings,
-    }
-
-
-_VALIDATORS = {
-    "ner": validate_entities,
-    "coref": validate_chains,
-    "re": validate_relations,
-    "grounding": validate_groundings,
-}
-_MODULE_TASKS = {f"m3d_{task}": task for task in _DOCUMENT_KEYS}  # metric module name -> task
-
-
-def _scored(boxes: Sequence) -> list:
-    return [box if "score" in box else {**box, "score": None} for box in boxes]
-
-
-def metric_inputs(name: str, predictions: Sequence, references: Sequence) -> dict[str, list]:
-    """Checked `add_batch` inputs of the metric module `name`, every box carrying a `score` key (None if absent).
-
-    evaluate 0.4.6 checks a batch's first document itself and fails with a bare `KeyError` on a missing key
-    (an absent optional `score` included): this raises the clear error first, naming document and field.
-    """
-    validate_lengths(predictions, references)
-    batch = {}
-    for side, documents in (("predictions", predictions), ("references", references)):
-        lists = _task_lists(documents, side) if name == "m3d" else {_MODULE_TASKS[name]: documents}
-        for task, values in lists.items():
-            for doc, value in enumerate(values):
-                _VALIDATORS[task](value, side, doc)
-        if name == "m3d":
-            batch[side] = [
-                {**document, "groundings": _scored(document["groundings"])} for document in documents
-            ]
-        else:
-            batch[side] = (
-                [_scored(value) for value in documents] if name == "m3d_grounding" else list(documents)
-            )
-    return batch
-
-
-class CheckedInputsMixin:
-    """For the `evaluate.Metric` of the metric modules: checks and completes inputs with `metric_inputs`.
-
-    Set `module_name` on the class (m3d_ner, m3d_coref, m3d_re, m3d_grounding or m3d).
-    """
-
-    module_name: str
-
-    def add_batch(self, *, predictions=None, references=None, **kwargs) -> None:
-        """Add a batch of documents (checked with `metric_inputs`)."""
-        super().add_batch(**metric_inputs(self.module_name, predictions, references), **kwargs)
-
-    def add(self, *, prediction=None, reference=None, **kwargs) -> None:
-        """Add one document (checked with `metric_inputs`)."""
-        self.add_batch(predictions=[prediction], references=[reference], **kwargs)
-
-
-def metric_features(name: str):
-    """`datasets.Features` of the metric module `name` (m3d_ner, m3d_coref, m3d_re, m3d_grounding or m3d).
-
-    Boxes and scores are float64: float32 rounding would move IoUs across the 0.5 threshold.
-    """
-    import datasets
-
-    chain = datasets.List(datasets.List(datasets.Value("int32")))
-    per_task = {
-        "ner": datasets.List(
-            {
-                "start": datasets.Value("int32"),
-                "end": datasets.Value("int32"),
-                "type": datasets.Value("string"),
-            }
-        ),
-        "coref": datasets.List(chain),
-        "re": datasets.List({"subject": chain, "object": chain, "type": datasets.Value("string")}),
-        "grounding": datasets.List(
-            {
-                "frame": datasets.Value("int32"),
-                "type": datasets.Value("string"),
-                "box": datasets.List(datasets.Value("float64")),
-                "score": datasets.Value("float64"),
-            }
-        ),
-    }
-    if name == "m3d":
-        value = {_DOCUMENT_KEYS[task]: feature for task, feature in per_task.items()}
-    else:
-        value = per_task[_MODULE_TASKS[name]]
-    return datasets.Features({"predictions": value, "references": value})
-
-
-def metric_info(name: str, description: str, inputs_description: str, citation: str = "", **kwargs):
-    """The `evaluate.MetricInfo` of the metric module `name`: its `metric_features`, and `citation` after the
-    paper's (`M3D_CITATION`). Further `kwargs` go to `MetricInfo` (e.g. `reference_urls`)."""
-    import evaluate
-
-    return evaluate.MetricInfo(
-        description=description,
-        citation=M3D_CITATION + citation,
-        inputs_description=inputs_description,
-        features=metric_features(name),
-        **kwargs,
-    )
+    if task == "ner":
+        return finalize("ner", _ner_counts(predictions, references))
+    if task == "coref":
+        return finalize("coref", _coref_counts(predictions, references))
+    if task == "re":
+        return finalize("re", _relation_counts(predictions, references, symmetric_types))
+    if task == "grounding":
+        return _grounding_scores(predictions, references)
+    if task == COMBINED:
+        return _m3d_scores(predictions, references, symmetric_types)
+    raise ValueError(f"unknown task {task!r}: expected one of {(*TASKS, COMBINED)}")

@@ -8,7 +8,8 @@ from pathlib import Path
 import evaluate
 import pytest
 
-from modeling_m3d import scoring
+from modeling_m3d import metric_modules, scoring
+from modeling_m3d.metric_modules import M3D_CITATION
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASE = REPO.parent / "shared" / "m3d"
@@ -82,11 +83,33 @@ def test_module_equals_scoring_and_add_batch_equals_compute(metrics, documents, 
     assert metric.compute() == pytest.approx(expected)
 
 
+def test_inputs_are_checked_once_in_add_batch_and_not_again_in_compute(metrics, documents, monkeypatch):
+    calls = []
+
+    def counted(where, validate):
+        def wrapper(task, predictions, references):
+            calls.append((where, task, len(predictions)))
+            return validate(task, predictions, references)
+
+        return wrapper
+
+    for where in (metric_modules, scoring):
+        monkeypatch.setattr(where, "validate_documents", counted(where.__name__, where.validate_documents))
+    pred, gold = documents
+    metrics["m3d"].add_batch(predictions=pred[:5], references=gold[:5])
+    metrics["m3d"].compute(predictions=pred[5:], references=gold[5:])
+    glue = "modeling_m3d.metric_modules"
+    assert calls == [(glue, "m3d", 5), (glue, "m3d", 7)]  # each add_batch; _compute checks nothing
+    calls.clear()
+    scoring.m3d_scores(pred, gold)  # the combined scorer checks once; its task scorers do not check again
+    assert calls == [("modeling_m3d.scoring", "m3d", 12)]
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_documented_examples_hold(metrics, name):
     """The Examples of each module's inputs description (what `help` and the Hub show) give what they say."""
     metric = metrics[name]
-    assert metric.citation.startswith(scoring.M3D_CITATION)
+    assert metric.citation.startswith(M3D_CITATION)
     test = doctest.DocTestParser().get_doctest(
         metric.inputs_description, {"evaluate": evaluate}, name, None, 0
     )

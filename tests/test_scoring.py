@@ -11,13 +11,13 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
 from modeling_m3d import scoring
+from modeling_m3d.schema import reference_document
 from modeling_m3d.scoring import (
     bio_to_spans,
     box_iou,
     coref_counts,
     coref_scores,
     finalize,
-    gold_document,
     grounding_scores,
     m3d_scores,
     ner_scores,
@@ -110,7 +110,7 @@ _REFERENCE_CASES = {
             "ceafe": (0.73333, 0.55, 0.62857),
         },
     ),
-    # TC-A-7..9: repeated mentions are dropped (de-duplication), wherever the repetition is
+    # TC-A-7..9: "B" repeats the key mention b in the response; every repeat after the first is removed
     **{
         case: (
             _KEY_A,
@@ -207,6 +207,79 @@ def test_coref_sums_counts_over_documents_before_dividing():
     assert finalize("coref", summed) == pytest.approx(coref_scores(preds, golds))
     # micro, not the mean of per-document scores: MUC recall (1 + 2) / (3 + 2)
     assert coref_scores(preds, golds)["muc_recall"] == pytest.approx(3 / 5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Repeated mentions, as the reference scorer v8.01 reads them (`IdentifMentions` of lib/CorScorer.pm): a key
+# span repeated keeps one id and stays in every key chain; K(m) is the last key chain holding m. In the
+# response, a repeat of a key mention (in the same chain or a later one) is removed; an invented mention
+# keeps every entry. Letters are one-token mentions as above; x, y, z are in no key chain (invented).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _assert_coref(scores: dict, expected: dict) -> None:
+    for metric, (recall, precision) in expected.items():
+        got = (scores[f"{metric}_recall"], scores[f"{metric}_precision"])
+        assert got == pytest.approx((recall, precision), abs=1e-4), metric
+
+
+def test_coref_invented_mention_in_two_chains_as_the_reference_scorer():
+    # /work/shared/cases/metrics/coref_invented_mention_in_two_chains.json (outside the repository): key,
+    # response and the values the reference scorer v8.01 printed, copied here. The invented span [10, 12] sits
+    # in both response chains and keeps both entries.
+    key = [[[0, 2], [3, 5]], [[6, 8], [8, 10]]]
+    response = [[[0, 2], [3, 5], [10, 12]], [[6, 8], [8, 10], [10, 12]]]
+    expected = {"muc": (1.0, 0.5), "b3": (1.0, 0.4444), "ceafe": (0.8, 0.8), "ceafm": (1.0, 0.6667)}
+    _assert_coref(coref_scores([response], [key]), expected)
+
+
+def test_coref_key_mention_repeated_in_one_response_chain_is_removed():
+    # key {abc}; response {aba} -> {ab} (the second a is removed), |K| = 3, |R| = 2.
+    # MUC: key links 2, response links 1, correct 1 -> R 1/2, P 1.
+    # B³: a and b each have c = 2: P (2/2 + 2/2) / 2 = 1, R (2/3 + 2/3) / 3 = 4/9.
+    # CEAF-m: φ3 = 2 -> R 2/3, P 2/2. CEAF-e: φ4 = 2·2 / (3 + 2) = 4/5 over one chain each side.
+    scores = coref_scores([_chains("{aba}")], [_chains("{abc}")])
+    _assert_coref(scores, {"muc": (1 / 2, 1), "b3": (4 / 9, 1), "ceafm": (2 / 3, 1), "ceafe": (4 / 5, 4 / 5)})
+    assert scores["error_missing_entity"] == 1.0  # the predicted chain is {ab}, inside {abc}
+
+
+def test_coref_key_mention_repeated_across_response_chains_keeps_its_first_entry():
+    # key {ab} {cd}; response {ac} {bcd} -> {ac} {bd}: c stays in the first chain, where it came first.
+    # MUC: every (R, K) pair shares one entry -> correct 0 of 2 links each side.
+    # B³: every entry has c = 1 and |R| = |K| = 2: P = R = 4 · 1/2 / 4 = 1/2.
+    # CEAF-m: φ3 = 1 for every pair, best alignment 2 -> 2/4 both ways. CEAF-e: φ4 = 2/4, best 1 -> 1/2.
+    scores = coref_scores([_chains("{ac} {bcd}")], [_chains("{ab} {cd}")])
+    _assert_coref(
+        scores, {"muc": (0, 0), "b3": (1 / 2, 1 / 2), "ceafm": (1 / 2, 1 / 2), "ceafe": (1 / 2, 1 / 2)}
+    )
+
+
+def test_coref_invented_mention_repeated_in_one_chain_keeps_both_entries():
+    # key {ab}; response {abxx}: x is invented, both entries stay, |R| = 4.
+    # MUC: key links 1, response links 3, correct 1 -> R 1, P 1/3.
+    # B³: a and b have c = 2 (P 2/4, R 2/2 each), the x entries c = 0 -> P 1/4, R 2/2.
+    # CEAF-m: φ3 = 2 -> R 2/2, P 2/4. CEAF-e: φ4 = 2·2 / (2 + 4) = 2/3 over one chain each side.
+    scores = coref_scores([_chains("{abxx}")], [_chains("{ab}")])
+    _assert_coref(scores, {"muc": (1, 1 / 3), "b3": (1, 1 / 4), "ceafm": (1, 1 / 2), "ceafe": (2 / 3, 2 / 3)})
+
+
+def test_coref_mention_repeated_in_the_key():
+    # Within one key chain: key {aba} {c}, response {ab} {c}; |K1| = 3 counts both a entries.
+    # MUC: key links 2 + 0, response links 1 + 0, correct 1 -> R 1/2, P 1.
+    # B³: a, b in {ab}: c = 2, P 2/2, R 2/3 each; c in {c}: P 1, R 1 -> P 3/3, R (2/3 + 2/3 + 1) / 4 = 7/12.
+    # CEAF counts the key chain's entries: φ3({aba}, {ab}) = 3, so CEAF-m = 4/4 recall and 4/3 precision and
+    # φ4 = 2·3 / (3 + 2) = 6/5, CEAF-e = (6/5 + 1) / 2 both ways: above 1, as the reference scorer gives.
+    scores = coref_scores([_chains("{ab} {c}")], [_chains("{aba} {c}")])
+    _assert_coref(scores, {"muc": (1 / 2, 1), "b3": (7 / 12, 1), "ceafm": (1, 4 / 3), "ceafe": (1.1, 1.1)})
+    # In two key chains: key {ab} {ac}, response {abc}; K(a) = {ac}, the last key chain holding a.
+    # MUC: entries of {abc} by key chain: {ab} <- b, {ac} <- a, c: correct 0 + 1 of 2 links each side.
+    # B³: every entry has c = 2 (|{abc} ∩ {ab}| = |{abc} ∩ {ac}| = 2): P 3 · 2/3 / 3 = 2/3, R 3 · 2/2 / 4 = 3/4.
+    # CEAF-m: φ3 = 2 for both key chains, one response chain -> R 2/4, P 2/3. CEAF-e: φ4 = 2·2 / 5 -> R 2/5, P 4/5.
+    scores = coref_scores([_chains("{abc}")], [_chains("{ab} {ac}")])
+    _assert_coref(
+        scores,
+        {"muc": (1 / 2, 1 / 2), "b3": (3 / 4, 2 / 3), "ceafm": (1 / 2, 2 / 3), "ceafe": (2 / 5, 4 / 5)},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -510,7 +583,7 @@ def test_m3d_table_vi_breakdown_on_a_hand_case():
     assert all(not math.isnan(value) for value in scores.values())
 
 
-def test_gold_document_from_a_schema_row():
+def test_reference_document_from_a_schema_row_scores_perfectly():
     row = {
         "id": "video_1_2",
         "entities": [
@@ -522,7 +595,7 @@ def test_gold_document_from_a_schema_row():
         "relations": [{"subject": 0, "object": 1, "type": "PER-LOC_birth"}],
         "groundings": [{"frame": 2, "type": 2, "box": [0.5, 0.5, 0.1, 0.2]}],
     }
-    document = gold_document(row)
+    document = reference_document(row)
     assert document == {
         "entities": [
             {"start": 0, "end": 2, "type": "PER"},
@@ -536,9 +609,9 @@ def test_gold_document_from_a_schema_row():
     assert m3d_scores([document], [document])["average_f1"] == 1.0
     bad = {**row, "relations": [{"subject": 0, "object": 5, "type": "PER-LOC_birth"}]}
     with pytest.raises(ValueError, match=r"record 'video_1_2', field 'relations\[0\].object'"):
-        gold_document(bad)
+        reference_document(bad)
     assert (
-        gold_document({**row, "relations": [{"subject": 0, "object": 1, "type": 1}]}, ["a", "b"])[
+        reference_document({**row, "relations": [{"subject": 0, "object": 1, "type": 1}]}, ["a", "b"])[
             "relations"
         ][0]["type"]
         == "b"

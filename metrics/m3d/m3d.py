@@ -2,7 +2,8 @@
 
 import evaluate
 
-from modeling_m3d.scoring import CheckedInputsMixin, m3d_scores, metric_info
+from modeling_m3d.metric_modules import CheckedInputsMixin, metric_info
+from modeling_m3d.scoring import COMBINED, score_validated
 
 _DESCRIPTION = """\
 All four M³D tasks at once, on documents {"entities", "chains", "relations", "groundings"}: the scores of the
@@ -15,8 +16,8 @@ _KWARGS_DESCRIPTION = """
 Args:
     predictions: one dict per document {"entities": [...], "chains": [...], "relations": [...],
         "groundings": [...]}, each value in the format of the matching task module.
-    references: the gold documents, in the same format (modeling_m3d.scoring.gold_document builds one from a
-        dataset row).
+    references: the gold documents, in the same format (modeling_m3d.schema.reference_document builds one
+        from a dataset row).
     symmetric_types (optional): relation types matched in either order.
 Returns:
     ner_*, coref_*, re_*, grounding_* scores, including the Table VI error rates <task>_error_*, and
@@ -40,4 +41,4 @@ class M3D(CheckedInputsMixin, evaluate.Metric):
         return metric_info(self.module_name, _DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, symmetric_types=None):
-        return m3d_scores(predictions, references, symmetric_types)
+        return score_validated(COMBINED, predictions, references, symmetric_types)

@@ -2,7 +2,8 @@
 
 import evaluate
 
-from modeling_m3d.scoring import CheckedInputsMixin, coref_scores, metric_info
+from modeling_m3d.metric_modules import CheckedInputsMixin, metric_info
+from modeling_m3d.scoring import score_validated
 
 _CITATION = """\
 @inproceedings{vilain-etal-1995-model,
@@ -36,7 +37,9 @@ Entity chain extraction on M³D, scored as the paper does (after Tang and Hardme
 MUC, B³ and CEAF, using the definitions of the CoNLL-2012 reference scorer v8.01: MUC counts partitions (Vilain
 et al. 1995), B³ averages per mention (Bagga and Baldwin 1998), CEAF-e (φ4) and CEAF-m (φ3) align chains one to
 one (Luo 2005). Singleton chains count; a mention present on one side only counts in that side's
-denominators; a mention repeated in a document is kept once (its first occurrence). Numerators and
+denominators. Repeated mentions as in the reference scorer: in the references every appearance stays (a
+mention's gold chain is the last one holding it); in the predictions a repeat of a gold mention is removed
+(its first appearance stays) and a mention in no gold chain keeps every appearance. Numerators and
 denominators are summed over documents before dividing. `f1` is the CoNLL-2012 average of the MUC, B³ and
 CEAF-e F1s. Also reports the Table VI error rates over predicted chains: chains that are not inside one gold
 chain (`error_wrong_entity`) and chains strictly inside one (`error_missing_entity`).
@@ -48,7 +51,8 @@ Args:
         end exclusive).
     references: the gold chains, in the same format, one list per document.
 Returns:
-    muc_precision, muc_recall, muc_f1, b3_*, ceafe_*, ceafm_*: each metric's scores, in [0, 1].
+    muc_precision, muc_recall, muc_f1, b3_*, ceafe_*, ceafm_*: each metric's scores, in [0, 1] (CEAF above 1
+        only where a gold chain repeats a mention).
     f1: (muc_f1 + b3_f1 + ceafe_f1) / 3.
     error_wrong_entity, error_missing_entity: Table VI error counts over the number of predicted chains.
 Examples:
@@ -74,4 +78,4 @@ class M3DCoref(CheckedInputsMixin, evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        return coref_scores(predictions, references)
+        return score_validated("coref", predictions, references)

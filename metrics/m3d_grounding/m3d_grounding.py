@@ -2,7 +2,8 @@
 
 import evaluate
 
-from modeling_m3d.scoring import CheckedInputsMixin, grounding_scores, metric_info
+from modeling_m3d.metric_modules import CheckedInputsMixin, metric_info
+from modeling_m3d.scoring import score_validated
 
 _CITATION = """\
 @inproceedings{yu-etal-2023-grounded,
@@ -54,4 +55,4 @@ class M3DGrounding(CheckedInputsMixin, evaluate.Metric):
         return metric_info(self.module_name, _DESCRIPTION, _KWARGS_DESCRIPTION, _CITATION)
 
     def _compute(self, predictions, references):
-        return grounding_scores(predictions, references)
+        return score_validated("grounding", predictions, references)

@@ -2,7 +2,8 @@
 
 import evaluate
 
-from modeling_m3d.scoring import CheckedInputsMixin, metric_info, ner_scores
+from modeling_m3d.metric_modules import CheckedInputsMixin, metric_info
+from modeling_m3d.scoring import score_validated
 
 _DESCRIPTION = """\
 Entity recognition on M³D: a predicted entity is a true positive when its token span and its type both equal
@@ -37,4 +38,4 @@ class M3DNer(CheckedInputsMixin, evaluate.Metric):
         return metric_info(self.module_name, _DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references):
-        return ner_scores(predictions, references)
+        return score_validated("ner", predictions, references)

@@ -2,7 +2,8 @@
 
 import evaluate
 
-from modeling_m3d.scoring import CheckedInputsMixin, metric_info, relation_scores
+from modeling_m3d.metric_modules import CheckedInputsMixin, metric_info
+from modeling_m3d.scoring import score_validated
 
 _DESCRIPTION = """\
 Relation extraction on M³D at the chain level (paper Section VI-B): a predicted relation can match a gold one
@@ -22,7 +23,7 @@ Args:
         being a list of mentions [start, end].
     references: the gold relations, in the same format, one list per document.
     symmetric_types (optional): relation types matched in either order; default
-        modeling_m3d.scoring.SYMMETRIC_RELATION_TYPES.
+        modeling_m3d.schema.SYMMETRIC_RELATION_TYPES.
 Returns:
     precision, recall, f1: micro-averaged, in [0, 1].
     error_unrelated, error_type: Table VI error counts over the number of predictions.
@@ -45,4 +46,4 @@ class M3DRe(CheckedInputsMixin, evaluate.Metric):
         return metric_info(self.module_name, _DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, symmetric_types=None):
-        return relation_scores(predictions, references, symmetric_types)
+        return score_validated("re", predictions, references, symmetric_types)
