@@ -28,20 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls from the demo
+import av
+import gradio as gr
+import numpy as np
+from transformers import Pipeline, pipeline
 
-import av  # noqa: E402
-import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
-from transformers import Pipeline, pipeline  # noqa: E402
-
-import modeling_m3d  # noqa: E402, F401  (registers the Auto classes and the pipeline)
-from modeling_m3d.data import DataArguments, load_release  # noqa: E402
-from modeling_m3d.pipeline_m3d import M3DExtractionPipeline, to_schema_row  # noqa: E402
-from modeling_m3d.rendering_m3d import M3DRendering, normalize_extraction  # noqa: E402
-from modeling_m3d.schema import LANGUAGES, PROTOCOLS, TASK_NAMES, TASKS, reference_document, row_id  # noqa: E402
-from modeling_m3d.scoring import m3d_scores  # noqa: E402
-from modeling_m3d.video_m3d import sample_frames  # noqa: E402
+import modeling_m3d  # noqa: F401  (registers the Auto classes and the pipeline)
+from modeling_m3d.data import DataArguments, load_release
+from modeling_m3d.pipeline_m3d import M3DExtractionPipeline, to_schema_row
+from modeling_m3d.rendering_m3d import M3DRendering, normalize_extraction
+from modeling_m3d.schema import LANGUAGES, PROTOCOLS, TASK_NAMES, TASKS, reference_document, row_id
+from modeling_m3d.scoring import m3d_scores
+from modeling_m3d.video_m3d import sample_frames
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modeling_m3d" / "demo"
 EXAMPLE_LINES = (
@@ -288,7 +286,9 @@ def viewer_tab(documents: list[ViewedDocument]) -> None:
 def build_demo(
     model_dir: str, examples: tuple[Path, Path], documents: list[ViewedDocument] | None
 ) -> gr.Blocks:
-    with gr.Blocks(title="M³D extraction") as demo:
+    with gr.Blocks(
+        title="M³D extraction", analytics_enabled=False
+    ) as demo:  # no calls out (telemetry, updates)
         gr.Markdown("# M³D: grounded multimodal information extraction from videos and subtitles")
         with gr.Tab("Video"):
             with gr.Row():

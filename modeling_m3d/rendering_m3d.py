@@ -44,9 +44,9 @@ from .schema import GROUNDING_TYPES, join_tokens, row_id, tokenize
 # Background tints of the entity types (and box colours of the grounded ones).
 TYPE_COLOURS = {"PER": "#ffc078", "LOC": "#8ce99a", "ORG": "#74c0fc", "TIME": "#e599f7"}
 OTHER_TYPE_COLOUR = "#ced4da"
-# Chain colours (Tableau 10), cycled when a document has more chains.
-CHAIN_COLOURS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
-                 "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")  # fmt: skip
+# Chain colours, dark enough for white chain numbers and for text on white; cycled past ten chains.
+CHAIN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b",
+                 "#e7298a", "#1b7f86", "#595959", "#7a7a00", "#d95f02")  # fmt: skip
 FRAME_MAX_SIDE = 320  # pixels of an inlined frame's longer side
 TIMELINE_WIDTH, TIMELINE_LABEL, TIMELINE_ROW = 760, 200, 20  # SVG pixels
 
@@ -281,8 +281,10 @@ class M3DRendering:
             "font-variant-numeric:tabular-nums}"
             f"{scope} .m3d-entity{{background:var(--m3d-type);border-bottom:3px solid var(--m3d-chain,transparent);"
             "padding:0 .15em;border-radius:.2em}"
-            f"{scope} .m3d-chain-id,{scope} .m3d-chain-ref{{color:var(--m3d-chain);font-weight:600}}"
-            f"{scope} .m3d-chain-id{{font-size:.7em;margin-left:.1em}}"
+            f"{scope} .m3d-chain-id,{scope} .m3d-chain-ref{{font-weight:600}}"
+            f"{scope} .m3d-chain-ref{{color:var(--m3d-chain)}}"
+            f"{scope} .m3d-chain-id{{font-size:.7em;margin-left:.15em;color:#fff;background:var(--m3d-chain);"
+            "border-radius:.6em;padding:0 .3em}"
             f"{scope} .m3d-entity-type{{font-size:.65em;color:#495057;margin-left:.15em}}"
             f"{scope} .m3d-relation{{cursor:default}}{scope} .m3d-relation-type{{font-family:monospace}}"
             f"{scope} .m3d-frames{{display:flex;flex-wrap:wrap;gap:.5em}}"

@@ -6,6 +6,7 @@ copied to $M3D_TEST_ARTIFACTS when set).
 The model is a tiny one whose heads are set so that its output is known whatever the input: every word a
 one-word PER entity, all entities one chain, one PER box per frame. Random weights could extract nothing."""
 
+import json
 import os
 import shutil
 import socket
@@ -99,7 +100,16 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def settled(page) -> None:
+    """Wait until no Gradio event is pending (every status tracker hidden)."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=status-tracker]')]"
+        ".every(tracker => tracker.classList.contains('hide'))"
+    )
+
+
 def keep_screenshot(page, tmp_path: Path, name: str) -> Path:
+    settled(page)
     path = tmp_path / name
     page.screenshot(path=str(path), full_page=True)
     if os.environ.get("M3D_TEST_ARTIFACTS"):
@@ -122,6 +132,50 @@ def browser_page():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     return forced_model(tmp_path_factory.mktemp("forced-model"))
+
+
+@pytest.fixture
+def app(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    sys.modules.pop("app", None)
+    import app
+
+    return app
+
+
+def test_the_video_path_gives_rows_extractions_and_frame_times(tmp_path, model_dir, app):
+    video, srt = app.example_media(tmp_path / "cache")
+    made = video.stat().st_mtime_ns
+    assert app.example_media(tmp_path / "cache") == (video, srt) and video.stat().st_mtime_ns == made
+    steps = []
+    (clip,) = app.extract_video(
+        app.load_extractor(str(model_dir)), str(video), str(srt), progress=lambda f, desc: steps.append(f)
+    )
+    assert steps[-1] == 1.0 and steps == sorted(steps)
+    assert clip.row["tokens"][:5] == ["Ann", "met", "her", "brother", "Bob"]
+    assert [s["start_time"] for s in clip.row["subtitles"]] == [0.0, 2.0]
+    times = clip.frame_times
+    assert (
+        len(times) == len(clip.row["frames"]) == 8 and times == sorted(times) and 0 < times[0] < times[-1] < 4
+    )
+    assert sorted(g["frame"] for g in clip.extraction["groundings"]) == list(range(8))
+    assert len(clip.extraction["entities"]) == len(clip.row["tokens"])  # the forced model: every word
+    download = json.loads(json.dumps(clip.to_json()))
+    assert download["frame_times"] == times and download["tokens"] == clip.row["tokens"]
+
+
+def test_the_viewer_scores_each_document_with_the_eight_error_kinds(tmp_path, model_dir, app):
+    release = write_synthetic_release(tmp_path / "release", docs=2, lang="en", frames=2, eval_docs=2)
+    rows = app.load_release(app.DataArguments(dataset_dir=str(release)), tmp_path)["validation"]
+    documents = app.view_documents(rows, app.load_extractor(str(model_dir)), "end_to_end", batch_size=2)
+    assert [d.row["id"] for d in documents] == rows["id"]
+    kinds = [name for name in documents[0].scores if "_error_" in name]
+    assert [app.error_label(kind) for kind in kinds] == [
+        "Entity: boundary", "Entity: type", "Entity chain: wrong entity", "Entity chain: missing entity",
+        "Relation: unrelated", "Relation: type", "Grounding: boundary", "Grounding: type"]  # fmt: skip
+    for document in documents:  # every word a PER: most predicted spans are no gold span
+        assert "ner_error_boundary" in document.errors and 0 < document.scores["ner_f1"] < 1
+        assert document.gold["entities"] and "Gold" in app.side_by_side(document)
 
 
 @browser_only
@@ -187,8 +241,15 @@ def test_viewer_shows_gold_and_prediction_with_scores_and_filters(tmp_path, mode
             assert name in table
         # every word a PER: some are not gold spans, so every document has NER boundary errors
         page.locator("#m3d-error-kind input").click()
+        labels = [label.strip("✓ \n") for label in page.get_by_role("option").all_inner_texts()]
+        assert labels[0] == "any document (3)" and len(labels) == 9  # and the eight Table VI kinds
         page.get_by_role("option", name="Entity: boundary (3)").click()
-        page.wait_for_selector("#m3d-compare .m3d-view")
+        settled(page)
+        page.locator("#m3d-document input").click()
+        assert len(page.get_by_role("option").all_inner_texts()) == 3
+        page.get_by_role("option").nth(1).click()
+        settled(page)
+        assert page.locator("#m3d-compare .m3d-view").count() == 2
         keep_screenshot(page, tmp_path, "app_viewer.png")
     finally:
         stop(process)
