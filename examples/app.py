@@ -13,7 +13,7 @@ gold annotation and the model's extraction side by side, its four F1 scores and 
 filter on the eight error kinds of `modeling_m3d.scoring`.
 
 As a Hugging Face Space: this file as `app.py`, the model folder as `model/` (or set M3D_MODEL), and the package
-in `requirements.txt`; the Space runs `python app.py`.
+in `requirements.txt`; the Space runs `python app.py`, listening where its GRADIO_SERVER_NAME says.
 """
 
 from __future__ import annotations
@@ -53,9 +53,16 @@ PROGRESS = gr.Progress()  # a handler's default that asks Gradio for a progress 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=os.environ.get("M3D_MODEL", "model"), help="A saved model folder.")
-    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: all).")
     parser.add_argument(
-        "--port", type=int, default=None, help="Port (default: Gradio's, 7860 or the next free)."
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="Address to listen on (0.0.0.0: all; a Space sets GRADIO_SERVER_NAME).",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="Port (default: GRADIO_SERVER_PORT, else 7860 or the next free).",
     )
     parser.add_argument("--cache_dir", type=Path, default=DEFAULT_CACHE, help="Where the examples are made.")
     parser.add_argument("--dataset_dir", help="A release copy (data/<lang>/, img/): adds the viewer tab.")
