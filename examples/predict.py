@@ -2,12 +2,13 @@
 """Run a trained M³D model on clips through the "m3d-extraction" pipeline: one JSON line per clip.
 
     python examples/predict.py --model outputs/m3d-tiny --input clips.jsonl --output predictions.jsonl
-    python examples/predict.py --model outputs/m3d-tiny --video clip.mp4 --subtitles clip.srt
+    python examples/predict.py --model outputs/m3d-tiny --video clip.mp4 --subtitles clip.srt --html clip.html
 
 Each line of --input is one clip: a schema row (DESIGN §2, `frames` as image paths), `{"text": ...,
 "frames": [paths]}`, or `{"video": path, "subtitles": path}`; relative paths are read from the folder of the
 input file. Output lines are `{"id", "entities", "chains", "relations", "groundings"}` (see
-`modeling_m3d.pipeline_m3d.M3DExtractionPipeline`).
+`modeling_m3d.pipeline_m3d.M3DExtractionPipeline`). With --html, the clips and their extractions are also
+written as one self-contained HTML page (`modeling_m3d.rendering_m3d`; the clips are then kept in memory).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from transformers import pipeline
 
 import modeling_m3d  # noqa: F401  (registers the Auto classes and the pipeline)
 from modeling_m3d.pipeline_m3d import M3DExtractionPipeline, to_schema_row
+from modeling_m3d.rendering_m3d import M3DRendering, save_page
 from modeling_m3d.schema import LANGUAGES, PROTOCOLS
 
 
@@ -35,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--video", type=Path, help="One video file.")
     parser.add_argument("--subtitles", type=Path, help="Subtitles of --video (.srt, .vtt or a .json list).")
     parser.add_argument("--output", type=Path, help="Where to write the JSON lines (default: stdout).")
+    parser.add_argument("--html", type=Path, help="Also write the extractions as an HTML page here.")
     parser.add_argument(
         "--protocol", choices=PROTOCOLS, default="end_to_end", help="gold_pairs needs annotated schema rows."
     )
@@ -101,13 +104,20 @@ def main(argv: list[str] | None = None) -> None:
             clips = [to_schema_row({"video": args.video, "subtitles": args.subtitles}, lang, num_frames)]
         except (ValueError, OSError) as err:
             raise SystemExit(str(err)) from err
+    if args.html is not None:
+        clips = list(clips)  # rendered with their results at the end
+    results = []
     output = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
     try:
         for result in extractor(clips, batch_size=args.batch_size, num_frames=num_frames):
             output.write(json.dumps(result, ensure_ascii=False) + "\n")
+            if args.html is not None:
+                results.append(result)
     finally:
         if output is not sys.stdout:
             output.close()
+    if args.html is not None:
+        save_page([M3DRendering(row, result) for row, result in zip(clips, results, strict=True)], args.html)
 
 
 if __name__ == "__main__":
