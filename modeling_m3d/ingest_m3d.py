@@ -56,15 +56,17 @@ def split_into_clips(
 ) -> list[tuple[float, float, list[dict]]]:
     """Cut `[start, end)` into `(clip start, clip end, cues)` between subtitle lines (cues in time order).
 
-    A cut goes before a line once the clip so far lasts `min_clip` seconds, or when taking the line in would
-    make it last over `max_clip`; so a line longer than `max_clip` is a clip of its own.
+    A cut goes before a line once the clip so far lasts `min_clip` seconds and the rest of the video would not
+    fit in it (no short last clip), or when taking the line in would make the clip last over `max_clip`; so a
+    line longer than `max_clip` is a clip of its own.
     """
     if not 0 < min_clip <= max_clip:
         raise ValueError(f"clip lengths must satisfy 0 < min_clip <= max_clip, got {min_clip} and {max_clip}")
     bounds, groups = [start], [[]]
     for cue in cues:
         clip_start, group = bounds[-1], groups[-1]
-        if group and (cue["start_time"] - clip_start >= min_clip or cue["end_time"] - clip_start > max_clip):
+        long_enough = cue["start_time"] - clip_start >= min_clip and end - clip_start > max_clip
+        if group and (long_enough or cue["end_time"] - clip_start > max_clip):
             bounds.append(max(cue["start_time"], clip_start))
             groups.append([])
         groups[-1].append(cue)

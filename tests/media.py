@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -65,3 +66,20 @@ def write_rotated_clip(path: Path) -> Path:
     data[at : at + 36] = rotate90
     path.write_bytes(bytes(data))
     return path
+
+
+def write_variable_rate_clip(path: Path) -> tuple[Path, list[float]]:
+    """A grey-level clip at 5 fps for one second, then 20 fps for one second (variable frame rate); returns
+    the path and the frames' timestamps in seconds."""
+    stamps_ms = [k * 200 for k in range(5)] + [1000 + k * 50 for k in range(20)]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for index, stamp in enumerate(stamps_ms):
+            image = np.full((64, 64, 3), (index * LEVEL_STEP) % 240, dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = stamp, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path, [stamp / 1000 for stamp in stamps_ms]
