@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 from media import frame_level, write_grey_clip, write_rotated_clip
+from media import write_grey_clip as write_clip  # noqa: F401  (the name tests/test_pipeline.py imports)
 from PIL import Image
 
 from modeling_m3d.video_m3d import frames_at, probe_video, read_subtitles, sample_frames, video_to_row
