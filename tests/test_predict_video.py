@@ -31,14 +31,18 @@ def talk(tmp_path_factory):
     return video, subtitles
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def save_tiny_m3d(folder: Path) -> Path:
+    """A tiny EN M³D model (random weights, fixed seed) and its processor, saved to `folder`."""
     torch.manual_seed(0)
     model, processor = tiny_model_and_processor("en")
-    directory = tmp_path_factory.mktemp("model")
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_m3d(tmp_path_factory.mktemp("model"))
 
 
 def test_clip_result_anchors_mentions_chains_and_groundings_in_time(talk):
