@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 _TIMESTAMP = r"(?:\d+:)?\d{1,2}:\d{1,2}[,.]\d{1,3}"
 _TIMING_LINE = re.compile(rf"\s*{_TIMESTAMP}\s*-->\s*{_TIMESTAMP}(?:\s.*)?")
 _MARKUP = re.compile(r"<[^>]*>")  # tags pysubs2 leaves in text (e.g. SRT <font>)
-_SEEK_GAP_SECONDS = 4.0  # farther than this to the next sample: seek instead of decoding through
+SEEK_GAP_SECONDS = (
+    4.0  # farther than this to the next sample: seek instead of decoding on (benchmark_video_m3d)
+)
 
 
 # ----------------------------------------------------------------------------------------------- subtitles
@@ -165,17 +167,22 @@ def probe_video(path: str | Path) -> VideoInfo:
         )
 
 
-def frames_at(path: str | Path, times: Sequence[float], max_side: int | None = None) -> list[Image.Image]:
+def frames_at(
+    path: str | Path,
+    times: Sequence[float],
+    max_side: int | None = None,
+    seek_gap: float = SEEK_GAP_SECONDS,
+) -> list[Image.Image]:
     """The RGB frames on screen at `times` (seconds, sorted ascending), upright, longest side ≤ `max_side`.
 
-    Close samples are reached by decoding on, far ones (over 4 s ahead) by seeking to the keyframe before
-    them, so sparse sampling of a long video decodes little. Errors name the file and the time.
+    Close samples are reached by decoding on, far ones (over `seek_gap` seconds ahead) by seeking to the
+    keyframe before them, so sparse sampling of a long video decodes little. Errors name the file and time.
     """
     path = Path(path)
     if list(times) != sorted(times):
         raise ValueError(f"{path}: sample times must be sorted ascending")
     with _open_video(path) as (container, stream):
-        return [_upright(frame, max_side) for frame in _frames_at(container, stream, times, path)]
+        return [_upright(frame, max_side) for frame in _frames_at(container, stream, times, seek_gap, path)]
 
 
 def sample_frames(
@@ -251,13 +258,17 @@ def _decoded_frame(frames: Iterator[av.VideoFrame], path: Path, what: str) -> av
 
 
 def _frames_at(
-    container: av.container.InputContainer, stream: av.VideoStream, times: Sequence[float], path: Path
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    times: Sequence[float],
+    seek_gap: float,
+    path: Path,
 ) -> Iterator[av.VideoFrame]:
     """For each time, the last frame whose timestamp is not after it (the first frame before the start)."""
     decoded: Iterator[av.VideoFrame] | None = None
     shown = upcoming = None
     for time in times:
-        if decoded is None or (upcoming is not None and time - upcoming.time > _SEEK_GAP_SECONDS):
+        if decoded is None or (upcoming is not None and time - upcoming.time > seek_gap):
             container.seek(int(Fraction(time).limit_denominator(10**6) / stream.time_base), stream=stream)
             decoded = container.decode(stream)
             shown, upcoming = None, next(decoded, None)

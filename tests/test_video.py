@@ -10,6 +10,7 @@ from media import frame_level, write_grey_clip, write_rotated_clip
 from media import write_grey_clip as write_clip  # noqa: F401  (the name tests/test_pipeline.py imports)
 from PIL import Image
 
+from modeling_m3d.benchmark_video_m3d import frames_kept_per_second, write_test_video
 from modeling_m3d.video_m3d import frames_at, probe_video, read_subtitles, sample_frames, video_to_row
 
 SRT = """1
@@ -196,3 +197,17 @@ def test_video_to_row_builds_an_unannotated_schema_row(clip, tmp_path):
     assert row["entities"] == row["chains"] == row["relations"] == row["groundings"] == []
     bare = video_to_row(clip, lang="zh", num_frames=2)
     assert bare["tokens"] == [] and bare["subtitles"] == [] and len(bare["frames"]) == 2
+
+
+@pytest.mark.parametrize("seek_gap", [0.0, 4.0, float("inf")])
+def test_benchmark_counts_the_frames_kept_whatever_the_strategy(tmp_path, seek_gap):
+    video = write_test_video(tmp_path / "bench.mp4", seconds=3, width=64, height=36, gop=12)
+    speed = frames_kept_per_second(video, frame_step=12, seek_gap=seek_gap)
+    assert speed["frames"] == 6 and speed["frames_per_second"] > 0
+    # every strategy lands on the same frames
+    times = [k * 0.5 for k in range(6)]
+    reference = [np.asarray(image) for image in frames_at(video, times, seek_gap=float("inf"))]
+    assert all(
+        np.array_equal(np.asarray(a), b)
+        for a, b in zip(frames_at(video, times, seek_gap=seek_gap), reference, strict=True)
+    )
