@@ -120,6 +120,10 @@ def ingest_video(
         raise ValueError(f"{video}: no subtitles given and no --asr_model to transcribe the speech with")
     cues = clip_cues_to_video(cues, info, str(subtitles or video))
     video_id = video_id or Path(video).stem
+    if not video_id or Path(video_id).name != video_id:
+        raise ValueError(
+            f"{video}: video_id {video_id!r} must be a plain folder name (it names img/<clip id>/)"
+        )
     clips = [
         Clip(f"{video_id}_{k}", start, end, group)
         for k, (start, end, group) in enumerate(

@@ -145,6 +145,8 @@ def test_cli_writes_the_folder_and_bad_input_leaves_nothing(talk, tmp_path):
     assert failed.returncode != 0 and "bad.srt: line 2: unreadable cue time" in failed.stderr
     missing = run_cli("--video", video, "--output_dir", fresh)
     assert "no subtitles given and no --asr_model" in missing.stderr
+    nested = run_cli("--video", video, "--subtitles", subtitles, "--output_dir", fresh, "--video_id", "a/b")
+    assert "video_id 'a/b' must be a plain folder name" in nested.stderr
     assert not fresh.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.srt", "out"]
 
 
