@@ -35,11 +35,11 @@ from transformers import Pipeline, pipeline
 
 import modeling_m3d  # noqa: F401  (registers the Auto classes and the pipeline)
 from modeling_m3d.data import DataArguments, load_release
-from modeling_m3d.pipeline_m3d import M3DExtractionPipeline, to_schema_row
+from modeling_m3d.ingest_m3d import clip_to_row, ingest_video
+from modeling_m3d.pipeline_m3d import M3DExtractionPipeline
 from modeling_m3d.rendering_m3d import M3DRendering, normalize_extraction
 from modeling_m3d.schema import LANGUAGES, PROTOCOLS, TASK_NAMES, TASKS, reference_document, row_id
 from modeling_m3d.scoring import m3d_scores
-from modeling_m3d.video_m3d import sample_frames
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modeling_m3d" / "demo"
 EXAMPLE_LINES = (
@@ -114,20 +114,21 @@ def extract_video(
 ) -> list[ClipExtraction]:
     """The demo's only way from a video file to extractions: clips, each with its row, extraction, frame times.
 
-    Today a video is one clip (`pipeline_m3d.to_schema_row`); its frames' times are read again with
-    `video_m3d.sample_frames`, which the row does not keep. Ingestion into clips on subtitle boundaries (and ASR
-    without subtitles) replaces the body of this function only. `progress(fraction, desc=...)` is told each step.
+    The video is cut into clips between subtitle lines, one frame kept every 24 video frames
+    (`ingest_m3d.ingest_video`, the paper's Steps 2–3). `progress(fraction, desc=...)` is told each step.
     """
     report = progress or (lambda fraction, desc: None)
-    processor = extractor.processor
-    num_frames = processor.max_frames or 8
-    report(0.05, desc="reading the video and subtitles")
-    row = to_schema_row({"video": video, "subtitles": subtitles}, processor.lang, num_frames)
-    _, frame_times = sample_frames(video, num_frames=num_frames)
-    report(0.4, desc="extracting")
-    (extraction,) = extractor([row], batch_size=1, protocol="end_to_end")
+    lang = extractor.processor.lang
+    report(0.05, desc="cutting the video into clips")
+    clips = ingest_video(video, subtitles, lang=lang)
+    rows = [clip_to_row(clip, lang) for clip in clips]
+    report(0.4, desc=f"extracting from {len(rows)} clip(s)")
+    extractions = list(extractor(rows, batch_size=1, protocol="end_to_end"))
     report(1.0, desc="done")
-    return [ClipExtraction(row, extraction, frame_times)]
+    return [
+        ClipExtraction(row, extraction, clip.frame_times)
+        for row, extraction, clip in zip(rows, extractions, clips, strict=True)
+    ]
 
 
 def write_example_video(path: Path, seconds: float = 4.0, fps: int = 8) -> Path:

@@ -2,29 +2,50 @@
 """Run a trained M³D model on clips through the "m3d-extraction" pipeline: one JSON line per clip.
 
     python examples/predict.py --model outputs/m3d-tiny --input clips.jsonl --output predictions.jsonl
-    python examples/predict.py --model outputs/m3d-tiny --video clip.mp4 --subtitles clip.srt --html clip.html
+    python examples/predict.py --model outputs/m3d-tiny --video talk.mp4 --subtitles talk.srt \
+        --video_summary talk.summary.json --html talk.html
+    python examples/predict.py --model outputs/m3d-tiny --video talk.mp4 --asr_model openai/whisper-small
 
-Each line of --input is one clip: a schema row (DESIGN §2, `frames` as image paths), `{"text": ...,
+Each line of --input is one clip: a schema row (`modeling_m3d.schema`, `frames` as image paths), `{"text": ...,
 "frames": [paths]}`, or `{"video": path, "subtitles": path}`; relative paths are read from the folder of the
 input file. Output lines are `{"id", "entities", "chains", "relations", "groundings"}` (see
 `modeling_m3d.pipeline_m3d.M3DExtractionPipeline`). With --html, the clips and their extractions are also
 written as one self-contained HTML page (`modeling_m3d.rendering_m3d`; the clips are then kept in memory).
+
+A whole --video is cut into clips in memory (`modeling_m3d.ingest_m3d.ingest_video`: between subtitle lines,
+one frame every --frame_step frames; speech transcribed with --asr_model when there are no subtitles), and
+each clip's line is time-anchored (`modeling_m3d.timeline_m3d.clip_result`): its document and tokens, every
+mention with its text, character offsets and subtitle time, chains with ids and types, groundings with their
+frame's time in seconds. --video_summary writes the whole video's chains, relations and groundings.
+
+Many inputs across processes (each takes every n-th input and writes its own part in `<output>.parts/`; the
+main process merges them in input order; a rerun skips the inputs already done):
+
+    accelerate launch [--multi_gpu --num_processes 2] examples/predict.py --model outputs/m3d-tiny --input videos.jsonl --cut_videos \
+        --output predictions.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
+import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from accelerate import PartialState
 from transformers import pipeline
 
 import modeling_m3d  # noqa: F401  (registers the Auto classes and the pipeline)
+from modeling_m3d.ingest_m3d import FRAME_STEP, MAX_CLIP_SECONDS, MIN_CLIP_SECONDS, clip_to_row, ingest_video
 from modeling_m3d.pipeline_m3d import M3DExtractionPipeline, to_schema_row
 from modeling_m3d.rendering_m3d import M3DRendering, save_page
 from modeling_m3d.schema import LANGUAGES, PROTOCOLS
+from modeling_m3d.timeline_m3d import clip_result, video_summary
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +56,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", type=Path, help="A JSON Lines file of clips.")
     source.add_argument("--video", type=Path, help="One video file.")
-    parser.add_argument("--subtitles", type=Path, help="Subtitles of --video (.srt, .vtt or a .json list).")
+    parser.add_argument(
+        "--subtitles", type=Path, help="Subtitles of --video (SRT, WebVTT, ASS, ... or .json)."
+    )
+    parser.add_argument(
+        "--asr_model", help="Whisper-family checkpoint to transcribe --video without subtitles."
+    )
+    parser.add_argument("--video_summary", type=Path, help="Write the whole --video's results here (JSON).")
+    parser.add_argument("--video_id", help="Clip ids of --video are <video_id>_<k> (default: the file stem).")
+    parser.add_argument("--frame_step", type=int, default=FRAME_STEP, help="Keep one frame in this many.")
+    parser.add_argument("--min_clip", type=float, default=MIN_CLIP_SECONDS, help="Seconds.")
+    parser.add_argument("--max_clip", type=float, default=MAX_CLIP_SECONDS, help="Seconds.")
+    parser.add_argument(
+        "--cut_videos",
+        action="store_true",
+        help="Each --input line is a whole video ({'video', 'subtitles'?, 'video_id'?}) cut into clips.",
+    )
     parser.add_argument("--output", type=Path, help="Where to write the JSON lines (default: stdout).")
     parser.add_argument("--html", type=Path, help="Also write the extractions as an HTML page here.")
     parser.add_argument(
@@ -53,8 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--device", default=None, help="'cpu', 'cuda', 'cuda:1', ... (default: first GPU if any)."
     )
     args = parser.parse_args(argv)
-    if args.subtitles is not None and args.video is None:
-        parser.error("--subtitles goes with --video")
+    video_only = ("subtitles", "video_summary", "video_id")
+    if args.video is None and any(getattr(args, name) is not None for name in video_only):
+        parser.error(f"--{'/--'.join(video_only)} go with --video")
+    if args.cut_videos and args.input is None:
+        parser.error("--cut_videos goes with --input")
+    if args.subtitles is not None and args.asr_model is not None:
+        parser.error("give --subtitles or --asr_model, not both")
     return args
 
 
@@ -69,55 +110,208 @@ def _resolve_paths(record: dict, folder: Path) -> dict:
     return resolved
 
 
-def read_clips(path: Path, lang: str, num_frames: int) -> Iterator[dict]:
-    """Schema rows of the clips in a JSON Lines file, built lazily; a bad line stops with its line number."""
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+@dataclass(frozen=True)
+class InputLine:
+    """One input record, its line number and a digest of the line (to recognise it in a rerun)."""
+
+    number: int
+    digest: str
+    record: dict
+
+
+def read_input(path: Path) -> list[InputLine]:
+    """The records of a JSON Lines file (paths resolved from its folder); a bad line stops with its number."""
+    lines = []
+    with path.open(encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-                yield to_schema_row(_resolve_paths(record, path.parent), lang, num_frames)
-            except (ValueError, OSError) as err:
-                raise SystemExit(f"{path}: line {number}: {err}") from err
+            except json.JSONDecodeError as err:
+                raise SystemExit(f"{path}: line {number}: malformed JSON ({err})") from err
+            if not isinstance(record, dict):
+                raise SystemExit(
+                    f"{path}: line {number}: expected a JSON object, got {type(record).__name__}"
+                )
+            digest = hashlib.sha1(line.strip().encode("utf-8")).hexdigest()
+            lines.append(InputLine(number, digest, _resolve_paths(record, path.parent)))
+    return lines
+
+
+def read_clips(path: Path, lang: str, num_frames: int) -> Iterator[dict]:
+    """Schema rows of the clips in a JSON Lines file, built lazily; a bad line stops with its line number."""
+    for line in read_input(path):
+        yield _schema_row(line, path, lang, num_frames)
+
+
+def _schema_row(line: InputLine, path: Path, lang: str, num_frames: int) -> dict:
+    try:
+        return to_schema_row(line.record, lang, num_frames)
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"{path}: line {line.number}: {err}") from err
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # under `accelerate launch` each process runs on its own device (gloo between CPU processes)
+    state = PartialState(cpu=args.device == "cpu")
+    device = args.device or (state.device if state.num_processes > 1 else None)
     # pipeline_class: a folder written by the pipeline's save_pretrained names it as remote code; use ours
     extractor = pipeline(
         "m3d-extraction",
         model=args.model,
         pipeline_class=M3DExtractionPipeline,
-        device=args.device,
+        device=device,
         protocol=args.protocol,
         threshold=args.threshold,
     )
     processor = extractor.processor
     lang, num_frames = args.lang or processor.lang, args.num_frames or processor.max_frames or 8
+    if args.input is not None and args.output is not None:
+        predict_in_parts(state, extractor, args, lang, num_frames)
+        return
     if args.input is not None:
-        clips = read_clips(args.input, lang, num_frames)
+        rows = read_clips(args.input, lang, num_frames)
+        if args.html is not None:
+            rows = list(rows)  # rendered with their results at the end
+        outputs = results = extractor(rows, batch_size=args.batch_size)
     else:
-        try:
-            clips = [to_schema_row({"video": args.video, "subtitles": args.subtitles}, lang, num_frames)]
-        except (ValueError, OSError) as err:
-            raise SystemExit(str(err)) from err
+        rows, outputs, results = predict_video(
+            extractor, args, args.video, args.subtitles, args.video_id, lang
+        )
+        if args.video_summary is not None:
+            summary = json.dumps(video_summary(results, str(args.video)), ensure_ascii=False, indent=1)
+            args.video_summary.write_text(summary + "\n", encoding="utf-8")
     if args.html is not None:
-        clips = list(clips)  # rendered with their results at the end
-    results = []
+        outputs = list(outputs)
     output = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
     try:
-        for result in extractor(clips, batch_size=args.batch_size, num_frames=num_frames):
+        for result in results:
             output.write(json.dumps(result, ensure_ascii=False) + "\n")
-            if args.html is not None:
-                results.append(result)
     finally:
         if output is not sys.stdout:
             output.close()
     if args.html is not None:
-        save_page([M3DRendering(row, result) for row, result in zip(clips, results, strict=True)], args.html)
+        save_page([M3DRendering(row, out) for row, out in zip(rows, outputs, strict=True)], args.html)
+
+
+def predict_video(
+    extractor: M3DExtractionPipeline,
+    args: argparse.Namespace,
+    video: Path,
+    subtitles: Path | None,
+    video_id: str | None,
+    lang: str,
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """A whole video cut into clips in memory: each clip's schema row, its pipeline output and its time-anchored
+    result."""
+    try:
+        clips = ingest_video(
+            video,
+            subtitles,
+            lang=lang,
+            video_id=video_id,
+            frame_step=args.frame_step,
+            min_clip=args.min_clip,
+            max_clip=args.max_clip,
+            asr_model=args.asr_model,
+        )
+    except (ValueError, OSError) as err:
+        raise SystemExit(str(err)) from err
+    video_id = video_id or Path(video).stem
+    rows = [clip_to_row(clip, lang) for clip in clips]
+    outputs = list(extractor(rows, batch_size=args.batch_size))
+    return (
+        rows,
+        outputs,
+        [clip_result(*triple, video_id) for triple in zip(clips, rows, outputs, strict=True)],
+    )
+
+
+def predict_in_parts(
+    state: PartialState,
+    extractor: M3DExtractionPipeline,
+    args: argparse.Namespace,
+    lang: str,
+    num_frames: int,
+) -> None:
+    """--input to --output across processes (`accelerate launch`): each process takes every n-th input not
+    done yet and appends its results to its own part file in `<output>.parts/`; the main process then merges
+    all parts in input order into --output. A rerun skips the inputs whose results are in the parts."""
+    lines = read_input(args.input)
+    parts = args.output.with_name(args.output.name + ".parts")
+    if state.is_main_process:
+        parts.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    done = _read_parts(parts)
+    todo = [line for line in lines if (line.number, line.digest) not in done][
+        state.process_index :: state.num_processes
+    ]
+    part_path = parts / f"part-{state.process_index}.jsonl"
+    cut_off = part_path.is_file() and not part_path.read_bytes().endswith(b"\n") and part_path.stat().st_size
+    with part_path.open("a", encoding="utf-8") as part:
+        part.write("\n" if cut_off else "")  # a line cut off by a killed run stays apart from the new ones
+        for start in range(0, len(todo), args.batch_size):
+            batch = todo[start : start + args.batch_size]
+            for line, results in zip(
+                batch, _predict_lines(extractor, args, batch, lang, num_frames), strict=True
+            ):
+                entry = {"input": line.number, "digest": line.digest, "results": results}
+                part.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                part.flush()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _merge(parts, lines, args.output)
+
+
+def _predict_lines(
+    extractor: M3DExtractionPipeline,
+    args: argparse.Namespace,
+    batch: list[InputLine],
+    lang: str,
+    num_frames: int,
+) -> list[list[dict]]:
+    """The results of each input: one per clip line, one per clip of each video under --cut_videos."""
+    if not args.cut_videos:
+        rows = [_schema_row(line, args.input, lang, num_frames) for line in batch]
+        return [[result] for result in extractor(rows, batch_size=args.batch_size)]
+    results = []
+    for line in batch:
+        record = line.record
+        if not isinstance(record.get("video"), str):
+            raise SystemExit(f"{args.input}: line {line.number}: --cut_videos needs a 'video' path")
+        video_id = record.get("video_id") or record.get("id")
+        results.append(
+            predict_video(extractor, args, record["video"], record.get("subtitles"), video_id, lang)[2]
+        )
+    return results
+
+
+def _read_parts(parts: Path) -> dict[tuple[int, str], list[dict]]:
+    """(input line number, digest) -> results, from all part files (a cut-off last line, from a killed run,
+    does not count)."""
+    results = {}
+    for part in sorted(parts.glob("part-*.jsonl")):
+        for text in part.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                entry = json.loads(text)
+                results[entry["input"], entry["digest"]] = entry["results"]
+    return results
+
+
+def _merge(parts: Path, lines: list[InputLine], output: Path) -> None:
+    """Write the results of all inputs, in input order, to `output` (through a temporary file)."""
+    results = _read_parts(parts)
+    missing = [line.number for line in lines if (line.number, line.digest) not in results]
+    if missing:
+        raise SystemExit(f"{output}: no results for input lines {missing}; rerun to complete them")
+    temporary = output.with_name(output.name + ".tmp")
+    with temporary.open("w", encoding="utf-8") as file:
+        for line in lines:
+            for result in results[line.number, line.digest]:
+                file.write(json.dumps(result, ensure_ascii=False) + "\n")
+    os.replace(temporary, output)
 
 
 if __name__ == "__main__":

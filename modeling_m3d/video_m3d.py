@@ -1,126 +1,110 @@
-"""Raw video ingestion: subtitle files and uniformly sampled frames to a DESIGN §2 schema row.
+"""Raw media reading: subtitle files (with pysubs2) and frames sampled in time (with PyAV).
 
 The M³D release gives each clip as timed subtitle sentences (`time_sent_pair`) plus frames sampled from the
-video (Section III of the paper). This module builds the same row from a raw video file and a subtitle file
-(`.srt`, `.vtt`, or a JSON list of `{start_time, end_time, text}`), so the extraction pipeline runs on new
-clips. Text is tokenised like the release (`schema.tokenize_text`): EN words with punctuation split off and joined
-by single spaces (`Peter ' s father ,`), ZH one token per character with no spaces.
+video (Section III of the paper, Steps 2-3). This module reads the raw material: subtitle cues in seconds,
+in time order, with styling removed; the video stream's frame rate, extent and rotation; and the frames on
+screen at given times, turned upright as players show them. `ingest_m3d` cuts a whole video into clips;
+`video_to_row` here builds one unannotated schema row (`modeling_m3d.schema`) from a short clip, for the pipeline.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import math
+import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import pysubs2
 from PIL import Image
 
-from .schema import LANGUAGES, join_tokens, tokenize_text
+from .schema import check_language, join_tokens, tokenize_text
 
-_TIMING = re.compile(r"^(?P<start>\S+)\s+-->\s+(?P<end>\S+)")
-_TIMESTAMP = re.compile(r"^(?:(\d+):)?(\d+):(\d{2})[,.](\d{1,3})$")
-_MARKUP = re.compile(r"<[^>]*>")  # SRT <i>/<b>/<font>; VTT voice, class and inline timestamp tags
-_VTT_SKIPPED_BLOCKS = ("NOTE", "STYLE", "REGION")
+logger = logging.getLogger(__name__)
+
+_TIMESTAMP = r"(?:\d+:)?\d{1,2}:\d{1,2}[,.]\d{1,3}"
+_TIMING_LINE = re.compile(rf"\s*{_TIMESTAMP}\s*-->\s*{_TIMESTAMP}(?:\s.*)?")
+_MARKUP = re.compile(r"<[^>]*>")  # tags pysubs2 leaves in text (e.g. SRT <font>)
+SEEK_GAP_SECONDS = (
+    4.0  # farther than this to the next sample: seek instead of decoding on (benchmark_video_m3d)
+)
 
 
 # ----------------------------------------------------------------------------------------------- subtitles
 
 
 def read_subtitles(path: str | Path) -> list[dict]:
-    """Read a `.srt`, `.vtt` or `.json` subtitle file into `[{start_time, end_time, text}]` (seconds).
+    """Read a subtitle file into cues `[{start_time, end_time, text}]` (seconds), in time order.
 
-    Cues keep their file order; markup tags are dropped and a multi-line cue is joined with spaces. Cues with
-    no text are left out. Malformed input raises `ValueError` naming the file, the line or entry and the
-    field.
+    Any format pysubs2 reads (SRT, WebVTT, ASS/SSA, MicroDVD, ...) or a `.json` list of `{start_time,
+    end_time, text}`. Styling never reaches the text: ASS override codes (`{\\an8}`, `{\\i1}`), SRT/VTT tags
+    and entities are removed, the lines of a cue are joined with spaces, and cues without text are left out.
+    Cues out of time order are sorted, with a warning. Errors (`ValueError`) name the file and the line or
+    cue: an empty file, a timing line that does not parse, a cue that ends before it starts.
     """
     path = Path(path)
-    parsers = {".srt": _parse_srt, ".vtt": _parse_vtt, ".json": _parse_json}
-    parser = parsers.get(path.suffix.lower())
-    if parser is None:
-        raise ValueError(
-            f"{path}: unsupported subtitle format {path.suffix!r}; expected one of {sorted(parsers)}"
-        )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such subtitle file")
-    cues = parser(path.read_text(encoding="utf-8-sig"), path)
-    return [cue for cue in cues if cue["text"]]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err})") from err
+    if not text.strip():
+        raise ValueError(f"{path}: empty subtitle file")
+    cues = _json_cues(text, path) if path.suffix.lower() == ".json" else _pysubs2_cues(text, path)
+    cues = [cue for cue in cues if cue["text"]]
+    if not cues:
+        raise ValueError(f"{path}: no subtitle cue with text")
+    ordered = sorted(cues, key=lambda cue: (cue["start_time"], cue["end_time"]))
+    if ordered != cues:
+        logger.warning("%s: cues are not in time order; they are sorted by start time", path)
+    return ordered
 
 
-def _blocks(text: str) -> Iterator[tuple[int, list[str]]]:
-    """Blank-line separated blocks of stripped lines, each with the 1-based line number of its first line."""
-    block: list[str] = []
-    first = 0
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            first = first if block else number
-            block.append(line.strip())
-        elif block:
-            yield first, block
-            block = []
-    if block:
-        yield first, block
-
-
-def _seconds(stamp: str, where: str) -> float:
-    match = _TIMESTAMP.match(stamp)
-    if match is None:
-        raise ValueError(f"{where}: malformed timestamp {stamp!r}; expected [hh:]mm:ss,mmm or [hh:]mm:ss.mmm")
-    hours, minutes, seconds, fraction = match.groups()
-    return int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds) + float(f"0.{fraction}")
-
-
-def _cue(block: list[str], timing_index: int, where: str, unescape: bool) -> dict:
-    """One cue from its block: the timing line at `timing_index`, the text on the lines after it."""
-    timing = _TIMING.match(block[timing_index])
-    start, end = _seconds(timing["start"], where), _seconds(timing["end"], where)
-    if end < start:
-        raise ValueError(f"{where}: cue ends ({end:.3f} s) before it starts ({start:.3f} s)")
-    text = _MARKUP.sub("", " ".join(block[timing_index + 1 :]))
-    return {"start_time": start, "end_time": end, "text": html.unescape(text) if unescape else text}
-
-
-def _timing_index(block: list[str]) -> int | None:
-    """Index of the `start --> end` line: first line, or second after a cue number / identifier."""
-    return next((i for i, line in enumerate(block[:2]) if _TIMING.match(line)), None)
-
-
-def _parse_srt(text: str, path: Path) -> list[dict]:
-    return _cues(_blocks(text), path, unescape=False)
-
-
-def _parse_vtt(text: str, path: Path) -> list[dict]:
-    blocks = list(_blocks(text))
-    if not blocks or not blocks[0][1][0].startswith("WEBVTT"):
-        raise ValueError(f"{path}: line 1: a WebVTT file must start with 'WEBVTT'")
-    cue_blocks = [
-        (line, block) for line, block in blocks[1:] if block[0].split(" ")[0] not in _VTT_SKIPPED_BLOCKS
-    ]
-    return _cues(cue_blocks, path, unescape=True)
-
-
-def _cues(blocks: Iterable[tuple[int, list[str]]], path: Path, unescape: bool) -> list[dict]:
-    """The cue of each block; a block without a timing line is an error."""
+def _pysubs2_cues(text: str, path: Path) -> list[dict]:
+    _check_timing_lines(text, path)
+    try:
+        subs = pysubs2.SSAFile.from_string(text)
+    except pysubs2.exceptions.Pysubs2Error as err:
+        raise ValueError(f"{path}: not a subtitle format pysubs2 can read ({err})") from err
+    events = [event for event in subs if event.is_text]
     cues = []
-    for line, block in blocks:
-        index = _timing_index(block)
-        if index is None:
-            raise ValueError(f"{path}: line {line}: cue has no 'start --> end' timing line")
-        cues.append(_cue(block, index, f"{path}: line {line + index}", unescape=unescape))
+    for number, event in enumerate(events, start=1):
+        if event.end < event.start:
+            raise ValueError(
+                f"{path}: cue {number}: ends ({event.end / 1000:.3f} s) before it starts "
+                f"({event.start / 1000:.3f} s)"
+            )
+        plain = _MARKUP.sub("", event.plaintext)
+        plain = html.unescape(plain) if subs.format == "vtt" else plain
+        cues.append(
+            {"start_time": event.start / 1000, "end_time": event.end / 1000, "text": " ".join(plain.split())}
+        )
     return cues
 
 
-def _parse_json(text: str, path: Path) -> list[dict]:
+def _check_timing_lines(text: str, path: Path) -> None:
+    """Every `-->` line must be a `start --> end` timing: pysubs2 would keep a malformed one as cue text."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if "-->" in line and not _TIMING_LINE.fullmatch(line):
+            raise ValueError(
+                f"{path}: line {number}: unreadable cue time {line.strip()!r}; "
+                "expected '[hh:]mm:ss,mmm --> [hh:]mm:ss,mmm'"
+            )
+
+
+def _json_cues(text: str, path: Path) -> list[dict]:
     try:
         entries = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: malformed JSON ({err})") from err
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of {{start_time, end_time, text}} objects")
-    return [_json_cue(entry, f"{path}: subtitle {i}") for i, entry in enumerate(entries)]
+    return [_json_cue(entry, f"{path}: cue {number}") for number, entry in enumerate(entries, start=1)]
 
 
 def _json_cue(entry: object, where: str) -> dict:
@@ -135,94 +119,173 @@ def _json_cue(entry: object, where: str) -> dict:
         raise ValueError(f"{where}: field 'text' must be a string, got {entry.get('text')!r}")
     if entry["end_time"] < entry["start_time"]:
         raise ValueError(f"{where}: field 'end_time' ({entry['end_time']}) is before start_time")
-    return {
-        "start_time": float(entry["start_time"]),
-        "end_time": float(entry["end_time"]),
-        "text": entry["text"],
-    }
+    text = " ".join(_MARKUP.sub("", entry["text"]).split())
+    return {"start_time": float(entry["start_time"]), "end_time": float(entry["end_time"]), "text": text}
 
 
 # ----------------------------------------------------------------------------------------------- frames
 
 
-def sample_frames(
-    video_path: str | Path,
-    num_frames: int = 8,
-    fps: float | None = None,
-    max_frames: int | None = None,
-) -> tuple[list[Image.Image], list[float]]:
-    """Sample frames uniformly in time; return the RGB images and their presentation times in seconds.
+@dataclass(frozen=True)
+class VideoInfo:
+    """What sampling needs to know of a video stream. Times in seconds on the stream's clock.
 
-    By default the clip is cut into `num_frames` equal segments and the frame shown at the middle of each is
-    taken. With `fps`, frames are taken every `1 / fps` seconds from the start instead; `max_frames` caps the
-    count, spreading the frames over the whole clip when the cap is hit. Each frame is reached by seeking to
-    the keyframe before it and decoding from there, so sparse sampling of a long video decodes little.
+    `start`/`end` delimit the video stream itself (not the container, whose audio may run longer);
+    `rotation` is the display matrix's counter-clockwise angle in degrees (phone footage: ±90).
     """
-    path = Path(video_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such video file")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            start, duration = _time_range(container, stream, path)
-            times = _sample_times(start, duration, num_frames, fps, max_frames)
-            frames = [_frame_at(container, stream, time, path) for time in times]
-    except av.FFmpegError as err:
-        raise ValueError(f"{path}: unreadable video ({err})") from err
-    return [frame.to_image() for frame in frames], [float(frame.time) for frame in frames]
+
+    path: Path
+    fps: float
+    start: float
+    end: float
+    width: int
+    height: int
+    rotation: int
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
 
 
-def _time_range(
-    container: av.container.InputContainer, stream: av.VideoStream, path: Path
-) -> tuple[float, float]:
-    """Start time and duration of the video stream in seconds (the container's when the stream lacks it)."""
-    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-    if stream.duration:
-        return start, float(stream.duration * stream.time_base)
-    if container.duration:
-        return start, container.duration / av.time_base
-    raise ValueError(f"{path}: the video has no known duration")
+def probe_video(path: str | Path) -> VideoInfo:
+    """The frame rate, extent and rotation of a file's first video stream.
+
+    Raises `FileNotFoundError` for a missing file and `ValueError` naming the file (and the stream) for an
+    unreadable or truncated file, no video stream, no frame rate or no decodable frame.
+    """
+    path = Path(path)
+    with _open_video(path) as (container, stream):
+        fps = _frame_rate(stream, path)
+        first = _decoded_frame(container.decode(stream), path, "the first frame")
+        start = float(first.time)
+        end = _stream_end(container, stream, fps, path)
+        return VideoInfo(
+            path, fps, start, max(end, start + 1 / fps), first.width, first.height, first.rotation
+        )
 
 
-def _sample_times(
-    start: float, duration: float, num_frames: int, fps: float | None, max_frames: int | None
-) -> list[float]:
-    if fps is not None:
-        if fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
-        count = max(1, math.floor(duration * fps))
-        if max_frames is None or count <= max_frames:
-            return [start + k / fps for k in range(count)]
-        num_frames = max_frames
-    elif max_frames is not None:
-        num_frames = min(num_frames, max_frames)
+def frames_at(
+    path: str | Path,
+    times: Sequence[float],
+    max_side: int | None = None,
+    seek_gap: float = SEEK_GAP_SECONDS,
+) -> list[Image.Image]:
+    """The RGB frames on screen at `times` (seconds, sorted ascending), upright, longest side ≤ `max_side`.
+
+    Close samples are reached by decoding on, far ones (over `seek_gap` seconds ahead) by seeking to the
+    keyframe before them, so sparse sampling of a long video decodes little. Errors name the file and time.
+    """
+    path = Path(path)
+    if list(times) != sorted(times):
+        raise ValueError(f"{path}: sample times must be sorted ascending")
+    with _open_video(path) as (container, stream):
+        return [_upright(frame, max_side) for frame in _frames_at(container, stream, times, seek_gap, path)]
+
+
+def sample_frames(
+    video_path: str | Path, num_frames: int = 8, max_side: int | None = None
+) -> tuple[list[Image.Image], list[float]]:
+    """`num_frames` frames uniformly in time (the middle of equal segments of the video stream) and their
+    sample times in seconds."""
     if num_frames < 1:
         raise ValueError(f"the number of frames must be at least 1, got {num_frames}")
-    return [start + (k + 0.5) * duration / num_frames for k in range(num_frames)]
+    info = probe_video(video_path)
+    times = [info.start + (k + 0.5) * info.duration / num_frames for k in range(num_frames)]
+    return frames_at(video_path, times, max_side), times
 
 
-def _frame_at(
-    container: av.container.InputContainer, stream: av.VideoStream, time: float, path: Path
-) -> av.VideoFrame:
-    """The frame on screen at `time`: seek to the keyframe at or before it, decode up to it."""
-    container.seek(int(time / stream.time_base), stream=stream, backward=True, any_frame=False)
-    return _last_frame_not_after(container.decode(stream), time, path)
+class _open_video:
+    """Context manager: `(container, first video stream)`, FFmpeg errors turned into `ValueError`s."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> tuple[av.container.InputContainer, av.VideoStream]:
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such video file")
+        try:
+            self.container = av.open(str(self.path))
+        except av.FFmpegError as err:
+            raise ValueError(f"{self.path}: unreadable video ({err})") from err
+        if not self.container.streams.video:
+            self.container.close()
+            raise ValueError(f"{self.path}: no video stream (streams: {list(self.container.streams)})")
+        stream = self.container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return self.container, stream
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.container.close()
+        if isinstance(error, av.FFmpegError):
+            raise ValueError(f"{self.path}: unreadable or truncated video ({error})") from error
 
 
-def _last_frame_not_after(frames: Iterable[av.VideoFrame], time: float, path: Path) -> av.VideoFrame:
-    shown = None
-    for frame in frames:
-        if frame.time is None:
-            raise ValueError(f"{path}: a decoded frame has no timestamp")
-        if frame.time > time:
-            return shown or frame  # the seek landed after `time` only when no earlier frame exists
-        shown = frame
-    if shown is None:
-        raise ValueError(f"{path}: no frame could be decoded at {time:.3f} s")
-    return shown
+def _frame_rate(stream: av.VideoStream, path: Path) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate or not float(rate) > 0:
+        raise ValueError(f"{path}: video stream {stream.index} has no frame rate")
+    return float(rate)
+
+
+def _stream_end(
+    container: av.container.InputContainer, stream: av.VideoStream, fps: float, path: Path
+) -> float:
+    """End of the video stream: its own duration, else one frame after its last frame (found by seeking
+    near the end). Never the container's duration, which covers a longer audio stream."""
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    if stream.duration:
+        return start + float(stream.duration * stream.time_base)
+    horizon = container.duration / av.time_base if container.duration else 1e9
+    container.seek(int(horizon / stream.time_base), stream=stream, backward=True)
+    last = None
+    for frame in container.decode(stream):
+        last = frame
+    if last is None or last.time is None:
+        raise ValueError(f"{path}: video stream {stream.index}: no frame could be decoded near the end")
+    return float(last.time) + 1 / fps
+
+
+def _decoded_frame(frames: Iterator[av.VideoFrame], path: Path, what: str) -> av.VideoFrame:
+    frame = next(frames, None)
+    if frame is None:
+        raise ValueError(f"{path}: video stream has no decodable frame ({what})")
+    if frame.time is None:
+        raise ValueError(f"{path}: {what} has no timestamp")
+    return frame
+
+
+def _frames_at(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    times: Sequence[float],
+    seek_gap: float,
+    path: Path,
+) -> Iterator[av.VideoFrame]:
+    """For each time, the last frame whose timestamp is not after it (the first frame before the start)."""
+    decoded: Iterator[av.VideoFrame] | None = None
+    shown = upcoming = None
+    for time in times:
+        if decoded is None or (upcoming is not None and time - upcoming.time > seek_gap):
+            container.seek(int(Fraction(time).limit_denominator(10**6) / stream.time_base), stream=stream)
+            decoded = container.decode(stream)
+            shown, upcoming = None, next(decoded, None)
+        while upcoming is not None and upcoming.time <= time + 1e-6:
+            shown, upcoming = upcoming, next(decoded, None)
+            if upcoming is not None and upcoming.time is None:
+                raise ValueError(f"{path}: a decoded frame has no timestamp")
+        if (shown or upcoming) is None:
+            raise ValueError(f"{path}: no frame could be decoded at {time:.3f} s")
+        yield shown or upcoming
+
+
+def _upright(frame: av.VideoFrame, max_side: int | None) -> Image.Image:
+    """The frame as players show it (display-matrix rotation applied), shrunk to `max_side` if larger."""
+    image = frame.to_image()
+    if frame.rotation % 360:
+        image = image.rotate(frame.rotation, expand=True)
+    if max_side is not None and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return image
 
 
 # ----------------------------------------------------------------------------------------------- rows
@@ -232,8 +295,7 @@ def unannotated_row(
     video_id: str, lang: str, tokens: list[str], subtitles: list[dict], frames: list[Image.Image]
 ) -> dict:
     """A DESIGN §2 schema row with text, subtitles and frames, and empty annotation lists."""
-    if lang not in LANGUAGES:
-        raise ValueError(f"{video_id}: field 'lang' is {lang!r}; expected one of {LANGUAGES}")
+    check_language(lang)
     return {
         "id": video_id,
         "lang": lang,
@@ -249,6 +311,22 @@ def unannotated_row(
     }
 
 
+def tokenized_cues(cues: Sequence[dict], lang: str, offset: float = 0.0) -> tuple[list[str], list[dict]]:
+    """The document's tokens and the subtitles as the release stores them: each cue's tokens joined (EN
+    single spaces, ZH nothing) with its times shifted by `-offset`; cues without tokens are dropped."""
+    pieces = [tokenize_text(cue["text"], lang) for cue in cues]
+    subtitles = [
+        {
+            "start_time": cue["start_time"] - offset,
+            "end_time": cue["end_time"] - offset,
+            "text": join_tokens(piece, lang),
+        }
+        for cue, piece in zip(cues, pieces, strict=True)
+        if piece
+    ]
+    return [token for piece in pieces for token in piece], subtitles
+
+
 def video_to_row(
     video_path: str | Path,
     subtitles_path: str | Path | None = None,
@@ -256,22 +334,14 @@ def video_to_row(
     num_frames: int = 8,
     video_id: str | None = None,
 ) -> dict:
-    """Build an unannotated schema row from a video file and, optionally, its subtitles.
+    """Build one unannotated schema row from a short clip and, optionally, its subtitles.
 
-    The document is the concatenation of the subtitle lines, tokenised like the release; each subtitle keeps
-    its times and is stored as its tokens joined (single spaces for EN, nothing for ZH), so that the
-    subtitles joined give the document as in `time_sent_pair`. Without subtitles the text modality is missing
-    (`tokens == []`). `video_id` defaults to the video's file stem.
+    The document is the subtitle lines tokenised like the release, so that the subtitles joined give the
+    document as in `time_sent_pair`; without subtitles the text modality is missing (`tokens == []`).
+    `video_id` defaults to the file stem. Whole videos are cut into clips by `ingest_m3d.ingest_video`.
     """
-    if lang not in LANGUAGES:
-        raise ValueError(f"{video_path}: unknown language {lang!r}; expected one of {LANGUAGES}")
+    check_language(lang)
     frames, _ = sample_frames(video_path, num_frames=num_frames)
     cues = read_subtitles(subtitles_path) if subtitles_path is not None else []
-    pieces = [tokenize_text(cue["text"], lang) for cue in cues]
-    subtitles = [
-        {"start_time": cue["start_time"], "end_time": cue["end_time"], "text": join_tokens(piece, lang)}
-        for cue, piece in zip(cues, pieces, strict=True)
-        if piece
-    ]
-    tokens = [token for piece in pieces for token in piece]
+    tokens, subtitles = tokenized_cues(cues, lang)
     return unannotated_row(video_id or Path(video_path).stem, lang, tokens, subtitles, frames)

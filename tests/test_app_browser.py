@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_video import SRT, write_clip
+from media import write_grey_clip as write_clip
+from test_video import SRT
 
 from modeling_m3d.rendering_m3d import CHAIN_COLOURS
 from modeling_m3d.synthetic import write_synthetic_release
@@ -155,10 +156,9 @@ def test_the_video_path_gives_rows_extractions_and_frame_times(tmp_path, model_d
     assert clip.row["tokens"][:5] == ["Ann", "met", "her", "brother", "Bob"]
     assert [s["start_time"] for s in clip.row["subtitles"]] == [0.0, 2.0]
     times = clip.frame_times
-    assert (
-        len(times) == len(clip.row["frames"]) == 8 and times == sorted(times) and 0 < times[0] < times[-1] < 4
-    )
-    assert sorted(g["frame"] for g in clip.extraction["groundings"]) == list(range(8))
+    # One frame every 24 video frames (the paper's Step 3): at 8 fps over 4 s, the frames at 0 s and 3 s.
+    assert len(times) == len(clip.row["frames"]) == 2 and times == sorted(times) and 0 <= times[0] < times[-1] < 4
+    assert sorted(g["frame"] for g in clip.extraction["groundings"]) == [0, 1]
     assert len(clip.extraction["entities"]) == len(clip.row["tokens"])  # the forced model: every word
     download = json.loads(json.dumps(clip.to_json()))
     assert download["frame_times"] == times and download["tokens"] == clip.row["tokens"]

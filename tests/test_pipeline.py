@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from media import write_grey_clip as write_clip
 from PIL import Image
-from test_video import SRT, write_clip
+from test_video import SRT
 from transformers import pipeline
 
 import modeling_m3d  # noqa: F401  (registers the Auto classes and the pipeline)
