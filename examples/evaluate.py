@@ -134,13 +134,17 @@ def plot_relation_types(per_type: dict[str, float | None], path: Path) -> None:
     plt.close(figure)
 
 
-def main() -> None:
-    parser = HfArgumentParser(
+def build_parser() -> HfArgumentParser:
+    """The command line: the module docstring as description, one flag per argument field."""
+    return HfArgumentParser(
         (DataArguments, EvalArguments),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    data_args, args = parser.parse_args_into_dataclasses()
+
+
+def main() -> None:
+    data_args, args = build_parser().parse_args_into_dataclasses()
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     datasets.utils.logging.set_verbosity_warning()
     datasets.disable_progress_bars()

@@ -179,12 +179,17 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_rows
 
 
-def parse_args() -> tuple[ModelArguments, DataArguments, TrainArguments]:
-    parser = HfArgumentParser(
+def build_parser() -> HfArgumentParser:
+    """The command line: the module docstring as description, one flag per argument field."""
+    return HfArgumentParser(
         (ModelArguments, DataArguments, TrainArguments),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def parse_args() -> tuple[ModelArguments, DataArguments, TrainArguments]:
+    parser = build_parser()
     if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         return parser.parse_json_file(sys.argv[1])
     if len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
