@@ -560,6 +560,8 @@ def main() -> None:
                 for seed in args.seeds]  # fmt: skip
         if accelerator.is_main_process:
             write_seed_results(runs, output_dir)
+    accelerator.print(f"saved in {output_dir}/: the model (AutoModel.from_pretrained({str(output_dir)!r}) after "
+                      "`import modeling_m3d`), all_results.json, README.md (model card), training_curves.png")  # fmt: skip
     accelerator.wait_for_everyone()  # no process tears the process group down while another still works
     accelerator.end_training()
 
