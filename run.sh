@@ -4,7 +4,7 @@
 # 1. Uses the active virtual environment, else creates and activates `.venv/` here (reused on later runs).
 # 2. Installs torch's CPU build `torch==2.13.0` unless a torch is already importable (install a CUDA build
 #    yourself first to train on a GPU), then this project with its test and dev tools: `pip install -e '.[test,dev]'`.
-# 3. Runs the embedded-default training (`python examples/train.py`, tiny encoders on generated data, a few minutes
+# 3. Runs the embedded-default training (`python examples/train.py`, tiny encoders on generated data, minutes
 #    on a CPU), which ends with the test scores and the model saved in `m3d-hier/`. Flags go to train.py.
 set -euo pipefail
 cd "$(dirname "$0")"

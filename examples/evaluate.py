@@ -149,6 +149,7 @@ def main() -> None:
     datasets.utils.logging.set_verbosity_warning()
     datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights"
     accelerator = Accelerator()
     model_dir = Path(args.model_dir)
     output_dir = Path(args.output_dir or model_dir / "evaluation")

@@ -30,6 +30,8 @@ def test_evaluate_script_writes_scores_sweep_and_plots(tmp_path):
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    for noise in ("torchvision", "Loading weights", "Generating", "Warning"):  # library notices and bars
+        assert noise not in result.stderr, noise
 
     report = json.loads((output / "evaluation.json").read_text())
     # 4 + 4 documents, as in datasets' split syntax
