@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""Train and evaluate M³D (paper Section V) with 🤗 Accelerate.
+"""Train and evaluate the M³D extractor (paper Section V) with 🤗 Accelerate, then save it with its scores.
 
-Runs the same way on one CPU, one or several GPUs (DDP, FSDP, DeepSpeed through the accelerate config), with
+Runs the same way on one CPU, one or several GPUs (DDP, FSDP, DeepSpeed through `accelerate config`), with
 mixed precision, gradient accumulation, trackers and resumable checkpoints:
 
     python examples/train.py                                      # embedded default: tiny encoders, synthetic data
     accelerate launch examples/train.py --dataset_dir M3D --lang en \\
         --text_encoder allenai/longformer-base-4096 --vision_encoder google/vit-base-patch16-224
     python examples/train.py args.json                            # or args.yaml: the same fields
+
+Writes to --output_dir (default `m3d-hier`, which `AutoModel.from_pretrained("m3d-hier")` loads): the best
+epoch's model and processor, all_results.json, a model card (README.md), modality_manifest.json and
+training_curves.png (loss and validation F1 by epoch). Generated synthetic data goes to the datasets cache.
 
 Without `--text_encoder`, a WordPiece tokenizer is trained on the training split and the encoders are built from
 configs (`modeling_m3d.testing`). The training settings come from a named recipe (`modeling_m3d.training.RECIPES`),
@@ -21,6 +25,7 @@ a fixed seed (written to OUTPUT/modality_manifest.json).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -44,7 +49,7 @@ from transformers import (
     AutoModel,
     AutoTokenizer,
     HfArgumentParser,
-    ViTImageProcessor,
+    ViTImageProcessorPil,
     get_scheduler,
 )
 
@@ -57,14 +62,18 @@ from modeling_m3d.training import (
     RECIPES,
     ModalityCollator,
     Recipe,
+    TrainingData,
     aggregate_seeds,
     describe_recipe,
     flatten_scores,
     model_card,
     override_config,
     parameter_groups,
+    plot_training_curves,
     predict_and_score,
+    restore_default_mode,
     results_table,
+    synthetic_data_root,
 )
 
 logger = get_logger(__name__)
@@ -91,10 +100,18 @@ class ModelArguments:
 
 @dataclass
 class TrainArguments:
-    output_dir: str = "outputs/m3d-tiny"
-    seed: int = 42
+    output_dir: str = field(
+        default="m3d-hier",
+        metadata={
+            "help": "Folder of the saved model, its scores, card and plots (created; reused if it exists)."
+        },
+    )
+    seed: int = field(
+        default=42, metadata={"help": "Seed of the weights' initialisation, dropout and shuffling."}
+    )
     seeds: list[int] | None = field(
-        default=None, metadata={"help": "Several seeds: mean and variance (Table III)."}
+        default=None,
+        metadata={"help": "Several seeds, one run each in OUTPUT/seed-<n>: mean and variance (Table III)."},
     )
     recipe: str | None = field(
         default=None,
@@ -104,12 +121,18 @@ class TrainArguments:
     num_train_epochs: int | None = field(
         default=None, metadata={"help": "Default: the recipe's (paper: 20)."}
     )
-    max_train_steps: int | None = None
+    max_train_steps: int | None = field(
+        default=None, metadata={"help": "Stop after this many optimizer steps (overrides the epochs)."}
+    )
     per_device_train_batch_size: int | None = field(
         default=None, metadata={"help": "Default: the recipe's (1)."}
     )
-    per_device_eval_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
+    per_device_eval_batch_size: int = field(
+        default=4, metadata={"help": "Documents per batch and process when validating and testing."}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Batches whose gradients add up to one optimizer step."}
+    )
     learning_rate: float | None = field(
         default=None, metadata={"help": "Non-encoder modules; default: the recipe's."}
     )
@@ -117,21 +140,30 @@ class TrainArguments:
     weight_decay: float | None = field(default=None, metadata={"help": "Default: the recipe's (0)."})
     warmup_steps: int | None = field(default=None, metadata={"help": "Default: the recipe's (0)."})
     max_grad_norm: float | None = field(default=None, metadata={"help": "Default: the recipe's (5.0)."})
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(
+        default="no", metadata={"help": "Autocast dtype on GPUs (accelerate's mixed precision)."}
+    )
     report_to: str = field(default="none", metadata={"help": "Tracker names (comma-separated), all or none."})
     checkpointing_steps: int | None = field(
         default=None, metadata={"help": "save_state every N optimizer steps."}
     )
-    resume_from_checkpoint: str | None = None
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "An OUTPUT/checkpoint-<step> folder to continue from."}
+    )
     protocol: str = field(
         default="gold_pairs",
         metadata={
-            "help": "How validation and test decode chains and relations (DESIGN §3).",
+            "help": "How validation and test decode chains and relations: gold_pairs (the paper's: over the gold "
+            "mentions and chains) or end_to_end (over the predicted ones).",
             "choices": PROTOCOLS,
         },
     )
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "Upload the output folder to the Hub at the end."}
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "Hub repo id of the upload (default: the output folder's name)."}
+    )
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -147,8 +179,17 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_rows
 
 
+def build_parser() -> HfArgumentParser:
+    """The command line: the module docstring as description, one flag per argument field."""
+    return HfArgumentParser(
+        (ModelArguments, DataArguments, TrainArguments),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def parse_args() -> tuple[ModelArguments, DataArguments, TrainArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainArguments))
+    parser = build_parser()
     if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         return parser.parse_json_file(sys.argv[1])
     if len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
@@ -217,20 +258,24 @@ def build_model_and_processor(
 
 
 def make_processor(config: M3DConfig, tokenizer, image_processor, lang: str) -> M3DProcessor:
-    """A processor with the model's label sets and frame count."""
+    """A processor with the model's label sets and frame count; it pads the pieces to a multiple of a Longformer's
+    attention window, so that the encoder need not pad (and warn) itself."""
+    window = getattr(config.text_config, "attention_window", None)
     return M3DProcessor(
         image_processor, tokenizer, entity_types=config.entity_types, relation_types=config.relation_types,
         grounding_types=config.grounding_types, max_frames=config.max_frames, lang=lang,
+        pad_to_multiple_of=max(window) if isinstance(window, list) else window,
     )  # fmt: skip
 
 
 def _image_processor(vision: str):
-    """The vision encoder's image processor; ViT defaults when its folder has none."""
+    """The vision encoder's image processor, PIL backend (frames are PIL images; the default backend needs
+    torchvision); ViT defaults when its folder has none."""
     try:
-        return AutoImageProcessor.from_pretrained(vision)
+        return AutoImageProcessor.from_pretrained(vision, backend="pil")
     except (OSError, ValueError):
-        logger.warning(f"{vision} has no image processor: using ViTImageProcessor defaults")
-        return ViTImageProcessor()
+        logger.warning(f"{vision} has no image processor: using ViTImageProcessorPil defaults")
+        return ViTImageProcessorPil()
 
 
 def count_windowed(split: datasets.Dataset, processor: M3DProcessor, limit: int) -> int:
@@ -254,6 +299,8 @@ def save_model(accelerator: Accelerator, model, processor: M3DProcessor, output_
         output_dir, is_main_process=accelerator.is_main_process, state_dict=accelerator.get_state_dict(model)
     )
     if accelerator.is_main_process:
+        for weights in output_dir.glob("*.safetensors"):
+            restore_default_mode(weights)
         processor.save_pretrained(output_dir)
     accelerator.wait_for_everyone()
 
@@ -273,10 +320,11 @@ def train(
 
     # Data: the release (or synthetic data), the missing-modality manifest, the processor and the model.
     with accelerator.main_process_first():
-        splits = load_splits(data_args, output_dir)
+        splits = load_splits(data_args, synthetic_data_root(data_args.cache_dir))
     manifest = modality_manifest(data_args, splits)
     if accelerator.is_main_process:
         save_manifest(manifest, output_dir / "modality_manifest.json")
+        restore_default_mode(output_dir / "modality_manifest.json")
     model, processor = build_model_and_processor(model_args, data_args, recipe, splits["train"])
     limit = model.text_window[0] if model.text_window else math.inf
     for name, split in splits.items():
@@ -318,7 +366,7 @@ def train(
     eval_dataloaders = {name: accelerator.prepare(loader) for name, loader in eval_dataloaders.items()}
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_average_f1": None, "best_epoch": None,
-             "history": []}  # fmt: skip
+             "epoch_loss": [0.0, 0], "history": []}  # fmt: skip
     if args.resume_from_checkpoint:
         accelerator.load_state(args.resume_from_checkpoint)
         state = json.loads(
@@ -336,6 +384,8 @@ def train(
         sampler.epoch = epoch
         skip = state["step_in_epoch"] if epoch == state["epoch"] else 0
         state.update(epoch=epoch, step_in_epoch=skip)
+        if not skip:
+            state["epoch_loss"] = [0.0, 0]  # sum and count of this epoch's batch losses (for the curves)
         batches = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
         for batch in batches:
             with accelerator.accumulate(model):
@@ -347,6 +397,7 @@ def train(
                 scheduler.step()
                 optimizer.zero_grad()
             state["step_in_epoch"] += 1
+            state["epoch_loss"] = [state["epoch_loss"][0] + loss.item(), state["epoch_loss"][1] + 1]
             if not accelerator.sync_gradients:
                 continue
             state["global_step"] += 1
@@ -359,9 +410,11 @@ def train(
             if state["global_step"] >= total_steps:
                 break
         state.update(epoch=epoch + 1, step_in_epoch=0)
+        total, count = state["epoch_loss"]
+        state["history"].append({"epoch": epoch, "train_loss": total / max(count, 1)})
         if "validation" in eval_dataloaders:
             scores = evaluate_epoch(accelerator, model, eval_dataloaders["validation"], args.protocol, state)
-            state["history"].append({"epoch": epoch, **scores})
+            state["history"][-1].update(scores)
             if state["best_average_f1"] is None or scores["eval_average_f1"] > state["best_average_f1"]:
                 state.update(best_average_f1=scores["eval_average_f1"], best_epoch=epoch)
                 save_model(accelerator, model, processor, output_dir)
@@ -377,7 +430,9 @@ def train(
                    protocol=args.protocol, missing_modality_ratio=data_args.missing_modality_ratio,
                    recipe=recipe.to_dict())  # fmt: skip
     if accelerator.is_main_process:
-        write_outputs(model_args, data_args, args, recipe, results, output_dir)
+        plot_training_curves(state["history"], output_dir / "training_curves.png")
+        data = training_data(data_args, splits)
+        write_outputs(model_args, data, args, recipe, results, output_dir)
     accelerator.free_memory()  # the next seed's run prepares (and checkpoints) only its own objects
     return results
 
@@ -385,9 +440,8 @@ def train(
 def evaluate_epoch(accelerator: Accelerator, model, loader, protocol: str, state: dict) -> dict[str, float]:
     """The flat validation scores (`eval_*`) of the epoch just trained, printed and logged."""
     scores = flatten_scores(predict_and_score(accelerator, model, loader, protocol), "eval_")
-    accelerator.print(
-        f"epoch {state['epoch'] - 1} (validation, {protocol})\n{results_table(scores, 'eval_')}"
-    )
+    if accelerator.is_main_process:  # above the progress bar, which is drawn again below
+        tqdm.write(f"epoch {state['epoch'] - 1} (validation, {protocol})\n{results_table(scores, 'eval_')}")
     accelerator.log(scores, step=state["global_step"])
     return scores
 
@@ -409,12 +463,26 @@ def final_scores(
     return results
 
 
-def write_outputs(model_args, data_args, args, recipe: Recipe, results: dict, output_dir: Path) -> None:
+def training_data(data_args: DataArguments, splits: dict[str, datasets.Dataset]) -> TrainingData:
+    """What the model card says about the documents of the run."""
+    kind = "hub" if data_args.dataset_name else "release" if data_args.dataset_dir else "synthetic"
+    names = {"train": data_args.train_split, "validation": data_args.eval_split, "test": data_args.test_split}
+    return TrainingData(
+        kind=kind, lang=data_args.lang, documents={role: len(split) for role, split in splits.items()},
+        splits={role: names[role] for role in splits}, location=data_args.dataset_name or data_args.dataset_dir,
+        heldout_fraction=data_args.heldout_fraction,
+        frames_per_document=data_args.synthetic_frames if kind == "synthetic" else None,
+    )  # fmt: skip
+
+
+def write_outputs(
+    model_args, data: TrainingData, args, recipe: Recipe, results: dict, output_dir: Path
+) -> None:
     """all_results.json, the model card (when there are scores) and the Hub upload (--push_to_hub)."""
     (output_dir / "all_results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     for split, prefix in (("test", "test_"), ("validation", "eval_")):
         if prefix + "average_f1" in results:
-            write_card(model_args, data_args, args, recipe, results, split, output_dir, prefix)
+            write_card(model_args, data, args, recipe, results, split, output_dir, prefix)
             break
     if args.push_to_hub:
         push(args, output_dir)
@@ -433,23 +501,25 @@ def flat_config(
 
 
 def write_card(
-    model_args, data_args, args, recipe: Recipe, results: dict, split: str, output_dir: Path, prefix: str
+    model_args,
+    data: TrainingData,
+    args,
+    recipe: Recipe,
+    results: dict,
+    split: str,
+    output_dir: Path,
+    prefix: str,
 ) -> None:
-    base = [
-        name
-        for name in (model_args.text_encoder, model_args.vision_encoder)
-        if name and not Path(name).exists()
-    ]
+    """OUTPUT/README.md: the model card of `modeling_m3d.training.model_card` for the scores of `split`."""
     card = model_card(
         {key.replace(prefix, f"{split}_", 1): value for key, value in results.items()},
         model_name=args.hub_model_id or output_dir.name,
-        dataset_name=data_args.dataset_name or "M3D",
-        lang=data_args.lang,
+        config=M3DModel.config_class.from_pretrained(output_dir),
+        data=data,
         split=split,
         protocol=args.protocol,
-        missing_modality_ratio=data_args.missing_modality_ratio,
-        base_models=base,
-        description="M³D multimodal information extraction model trained with `examples/train.py`.",
+        missing_modality_ratio=results["missing_modality_ratio"],
+        encoders=(model_args.text_encoder, model_args.vision_encoder),
         recipe=recipe,
     )
     card.save(output_dir / "README.md")
@@ -459,14 +529,16 @@ def push(args: TrainArguments, output_dir: Path) -> None:
     from huggingface_hub import upload_folder
 
     repo_id = args.hub_model_id or output_dir.name
-    upload_folder(repo_id=repo_id, folder_path=output_dir, ignore_patterns=["checkpoint-*", "synthetic-*"])
+    upload_folder(repo_id=repo_id, folder_path=output_dir, ignore_patterns=["checkpoint-*"])
 
 
 def main() -> None:
     model_args, data_args, args = parse_args()
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     datasets.utils.logging.set_verbosity_warning()
+    datasets.disable_progress_bars()  # bars of a few seconds' work, between the log lines
     transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()  # "Writing model shards" at every saved epoch
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -488,6 +560,8 @@ def main() -> None:
                 for seed in args.seeds]  # fmt: skip
         if accelerator.is_main_process:
             write_seed_results(runs, output_dir)
+    accelerator.print(f"saved in {output_dir}/: the model (AutoModel.from_pretrained({str(output_dir)!r}) after "
+                      "`import modeling_m3d`), all_results.json, README.md (model card), training_curves.png")  # fmt: skip
     accelerator.wait_for_everyone()  # no process tears the process group down while another still works
     accelerator.end_training()
 

@@ -2,7 +2,7 @@
 
 One place for what `examples/train.py` and `examples/evaluate.py` share: the data arguments, loading a release
 folder through the builder (:class:`modeling_m3d.builder.M3D`), a Hub-native copy through `datasets.load_dataset`,
-or, when neither is given, a synthetic release generated into the run's folder (:mod:`modeling_m3d.synthetic`);
+or, when neither is given, a synthetic release generated into a working folder (:mod:`modeling_m3d.synthetic`);
 carving held-out documents out of one split; and the missing-modality manifest (:mod:`modeling_m3d.modality`).
 """
 
@@ -30,30 +30,45 @@ class DataArguments:
         default=None, metadata={"help": "Local release copy (data/<lang>/, img/)."}
     )
     dataset_name: str | None = field(default=None, metadata={"help": "Hub-native copy (folder or repo id)."})
-    lang: str = field(default="en", metadata={"help": "Dataset config: en or zh."})
-    train_split: str = "train"
-    eval_split: str = "validation"
-    test_split: str = "test"
+    lang: str = field(default="en", metadata={"help": "Language (dataset configuration): en or zh."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str = field(
+        default="validation", metadata={"help": "Split scored after each epoch (picks the saved epoch)."}
+    )
+    test_split: str = field(
+        default="test", metadata={"help": "Split scored once at the end, with the saved model."}
+    )
     heldout_fraction: float = field(
         default=0.0,
         metadata={
             "help": "Carve this fraction of the training split out (seeded), half as validation, half as test."
         },
     )
-    max_train_docs: int | None = None
-    max_eval_docs: int | None = None
+    max_train_docs: int | None = field(
+        default=None, metadata={"help": "Keep the first N training documents."}
+    )
+    max_eval_docs: int | None = field(
+        default=None, metadata={"help": "Keep the first N validation and N test documents."}
+    )
     synthetic_docs: int = field(
         default=96, metadata={"help": "Training documents of the embedded synthetic data."}
     )
-    synthetic_frames: int = 4
+    synthetic_frames: int = field(default=4, metadata={"help": "Frames per document of the synthetic data."})
     missing_modality_ratio: float = field(
         default=2 / 3,
         metadata={"help": "Share of documents missing text or video, half each (paper: thirds)."},
     )
     modality_seed: int = field(default=0, metadata={"help": "Seed of the fixed full/text/video-missing cut."})
     modality_manifest: str | None = field(default=None, metadata={"help": "Reuse this manifest JSON."})
-    max_frames: int = 8
-    cache_dir: str | None = None
+    max_frames: int = field(
+        default=8, metadata={"help": "Frames per clip the model sees (evenly subsampled)."}
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Cache of the prepared datasets and the generated synthetic data (default: datasets')."
+        },
+    )
 
 
 def load_release(args: DataArguments, workdir: str | Path) -> datasets.DatasetDict:

@@ -134,7 +134,10 @@ class M3DProcessor(ProcessorMixin):
         grounding_types (`list[str]`, *optional*): grounding labels.
         max_frames (`int`, *optional*, defaults to 8): frames beyond it are subsampled evenly, in order
             (``None`` keeps all).
-        lang (`str`, *optional*, defaults to `"en"`): how spans join back into text (EN with spaces, ZH without).
+        lang (`str`, *optional*, defaults to `"en"`): the language of the tokenizer and of the rows (a row whose
+            `lang` differs is an error); how spans join back into text (EN with spaces, ZH without).
+        pad_to_multiple_of (`int`, *optional*): pad `input_ids` to a multiple of it, e.g. a Longformer's attention
+            window, so that the encoder does not pad (and warn) itself.
 
     Example:
 
@@ -156,6 +159,7 @@ class M3DProcessor(ProcessorMixin):
         grounding_types: list[str] | None = None,
         max_frames: int | None = 8,
         lang: str = "en",
+        pad_to_multiple_of: int | None = None,
         **kwargs,
     ):
         self.entity_types = list(entity_types if entity_types is not None else ENTITY_TYPES)
@@ -165,6 +169,9 @@ class M3DProcessor(ProcessorMixin):
             raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}")
         self.max_frames = max_frames
         self.lang = check_language(lang)
+        if pad_to_multiple_of is not None and (type(pad_to_multiple_of) is not int or pad_to_multiple_of < 1):
+            raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of!r}")
+        self.pad_to_multiple_of = pad_to_multiple_of
         super().__init__(image_processor, tokenizer, **kwargs)
 
     def __call__(self, rows: Any, return_tensors: str | None = "pt") -> BatchFeature:
@@ -195,12 +202,14 @@ class M3DProcessor(ProcessorMixin):
 
         The gold mentions and chains are in every batch (the gold-pairs protocol reads them); the five label keys
         only when the rows carry `entities` (all rows or none). Raises `ValueError` naming the row and field on
-        bad input (a span outside the tokens, an unknown type, a box outside [0, 1], an unreadable frame).
+        bad input (a span outside the tokens, an unknown type, a box outside [0, 1], an unreadable frame, a `lang`
+        other than the processor's).
         """
         rows = _as_rows(rows)
         if not rows:
             raise ValueError("M3DProcessor got no rows")
         ids = [schema.row_id(row, i) for i, row in enumerate(rows)]
+        self._check_languages(rows, ids)
         annotated = ["entities" in row for row in rows]
         if any(annotated) and not all(annotated):
             missing = [row_id for row_id, has in zip(ids, annotated, strict=True) if not has]
@@ -236,6 +245,18 @@ class M3DProcessor(ProcessorMixin):
 
     # ----------------------------------------------------------------------------------------- text
 
+    def _check_languages(self, rows: list[Mapping], ids: list[str]) -> None:
+        """A row in another language than the tokenizer's would be read as noise (e.g. every Chinese character
+        tagged as one entity): refuse it. Rows without `lang` are taken to be in the processor's."""
+        other = [(row_id, row["lang"]) for row, row_id in zip(rows, ids, strict=True)
+                 if row.get("lang") is not None and row["lang"] != self.lang]  # fmt: skip
+        if other:
+            row_id, lang = other[0]
+            raise ValueError(
+                f"row {row_id!r}: field 'lang' is {lang!r} but this processor (and its model) is for "
+                f"{self.lang!r}; use a model trained on {lang!r} rows ({len(other)} of {len(rows)} rows differ)"
+            )
+
     def _text_features(self, tokens: list[list[str]], ids: list[str]) -> dict[str, torch.Tensor]:
         """Sub-word pieces of all words (never truncated) and the word each piece belongs to (-1 for none)."""
         encoding, word_ids = self._encode(tokens)
@@ -258,7 +279,10 @@ class M3DProcessor(ProcessorMixin):
         }
 
     def _encode(self, tokens: list[list[str]]) -> tuple[Mapping, list[np.ndarray]]:
-        encoding = self.tokenizer(tokens, is_split_into_words=True, padding=True, return_tensors="pt")
+        encoding = self.tokenizer(
+            tokens, is_split_into_words=True, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,
+            return_tensors="pt",
+        )  # fmt: skip
         word_ids = [
             np.nan_to_num(np.array(encoding.word_ids(i), dtype=np.float64), nan=-1).astype(np.int64)
             for i in range(len(tokens))

@@ -1,4 +1,5 @@
-"""examples/train.py end to end (embedded default at a reduced size), resume, two processes; the training helpers."""
+"""examples/train.py end to end (embedded default at a reduced size, run from a fresh working folder), resume, two
+processes; the training helpers."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from modeling_m3d.schema import TASKS
 from modeling_m3d.testing import tiny_model_and_processor
 from modeling_m3d.training import (
     RECIPES,
+    TrainingData,
     aggregate_seeds,
     describe_recipe,
     full_parameters,
@@ -46,11 +48,13 @@ NO_NOISE = {"dropout": 0.0, "vae_kl_weight": 0.0,
 TASK_KEYS = [f"test_{task}_{name}" for task in TASKS for name in ("precision", "recall", "f1")]
 
 
-def run(command: list[str], cache: Path, timeout: int = 240, **env_vars: str) -> subprocess.CompletedProcess:
+def run(
+    command: list[str], cache: Path, timeout: int = 240, cwd: Path = ROOT, **env_vars: str
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
            **env_vars}  # fmt: skip
     # A session of its own: on a timeout the launcher's worker processes are killed with it.
-    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as process:  # fmt: skip
         try:
             stdout, stderr = process.communicate(timeout=timeout)
@@ -73,10 +77,10 @@ def assert_same_weights(first: dict, second: dict, atol: float) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """A run from a fresh working folder with the default --output_dir, as a new user types it."""
     root = tmp_path_factory.mktemp("train")
-    output = root / "out"
-    result = run([sys.executable, str(TRAIN), "--output_dir", str(output), *SMALL], root / "cache")
-    return output, root, result
+    result = run([sys.executable, str(TRAIN), *SMALL], root / "cache", cwd=root)
+    return root / "m3d-hier", root, result
 
 
 def test_embedded_default_writes_model_results_card_and_manifest(trained):
@@ -85,9 +89,14 @@ def test_embedded_default_writes_model_results_card_and_manifest(trained):
 
     import modeling_m3d  # noqa: F401  (registers the Auto classes)
 
-    output, _, result = trained
-    for name in ("model.safetensors", "config.json", "processor_config.json", "tokenizer.json", "README.md"):
+    output, root, result = trained
+    for name in ("model.safetensors", "config.json", "processor_config.json", "tokenizer.json", "README.md",
+                 "training_curves.png"):  # fmt: skip
         assert (output / name).is_file(), name
+    # the generated data went to the datasets cache, not into the model folder
+    assert not list(output.glob("synthetic-*")) and list(
+        (root / "cache" / "m3d").glob("synthetic-en-8docs-*")
+    )
     results = json.loads((output / "all_results.json").read_text())
     for key in [*TASK_KEYS, "test_average_f1"]:
         assert 0.0 <= results[key] <= 1.0, key
@@ -101,12 +110,44 @@ def test_embedded_default_writes_model_results_card_and_manifest(trained):
     assert "Training recipe: small (encoder_learning_rate=0.002" in card.text
     metrics = {(r.metric_name, r.dataset_split) for r in card.data.eval_results}
     assert ("Average f1", "test") in metrics and len(metrics) == 13
+    # the card names the data the model really saw
+    assert {r.dataset_type for r in card.data.eval_results} == {"m3d-synthetic"}
+    assert "not the M³D release" in card.text and "8 train, 2 validation, 2 test" in card.text
     manifest = json.loads((output / "modality_manifest.json").read_text())
     assert set(manifest) == {"train", "validation", "test"}
     assert sorted(manifest["train"].values()) == ["full"] * 2 + ["text_missing"] * 3 + ["video_missing"] * 3
     model = AutoModel.from_pretrained(output)
     processor = AutoProcessor.from_pretrained(output)
     assert type(model).__name__ == "M3DModel" and type(processor).__name__ == "M3DProcessor"
+    # padded to the Longformer's attention window by the processor, so the encoder does not pad and warn
+    assert processor.pad_to_multiple_of == max(model.config.text_config.attention_window)
+
+
+def test_training_log_has_no_warnings_or_bars_between_the_tables(trained):
+    _, _, result = trained
+    log = result.stdout + result.stderr
+    for noise in ("torchvision", "automatically padded", "Writing model shards", "Generating train split"):
+        assert noise not in log, noise
+
+
+def test_saved_files_have_the_umask_mode(trained):
+    """safetensors and tempfile write 0600 files; train.py gives them the mode of every other file it writes."""
+    output, _, _ = trained
+    expected = (output / "config.json").stat().st_mode & 0o777
+    for name in ("model.safetensors", "modality_manifest.json", "all_results.json"):
+        assert (output / name).stat().st_mode & 0o777 == expected, name
+
+
+def test_model_card_usage_snippet_runs(trained):
+    """The card's Python block, run as written from the folder holding the model."""
+    output, _, _ = trained
+    text = (output / "README.md").read_text(encoding="utf-8")
+    snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'AutoModel.from_pretrained("m3d-hier")' in snippet
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=output.parent, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("[")  # the printed entities
 
 
 def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(trained):
@@ -258,12 +299,29 @@ def test_seed_aggregation_and_model_card():
     assert aggregate["test_ner_f1"]["mean"] == pytest.approx(0.6)
     assert aggregate["test_ner_f1"]["variance"] == pytest.approx(0.01)
     flat = {f"test_{t}_{n}": 0.5 for t in TASKS for n in ("precision", "recall", "f1")}
-    card = model_card({**flat, "test_average_f1": 0.5}, model_name="m3d-tiny", dataset_name="M3D", lang="en",
-                      split="test", protocol="gold_pairs", missing_modality_ratio=2 / 3,
-                      recipe=RECIPES["paper"])  # fmt: skip
-    parsed = ModelCard(str(card)).data.eval_results
-    assert len(parsed) == 13 and {r.dataset_split for r in parsed} == {"test"}
+    model, _ = tiny_model_and_processor()
+    data = TrainingData(kind="release", lang="en", documents={"train": 164, "validation": 20, "test": 21},
+                        splits={"train": "validation"}, location="../shared/m3d", heldout_fraction=0.2)  # fmt: skip
+    card = model_card({**flat, "test_average_f1": 0.5}, model_name="m3d-en", config=model.config, data=data,
+                      split="test", protocol="end_to_end", missing_modality_ratio=0.0,
+                      encoders=("allenai/longformer-base-4096", None), recipe=RECIPES["paper"])  # fmt: skip
+    parsed = ModelCard(str(card)).data
+    assert len(parsed.eval_results) == 13 and {r.dataset_split for r in parsed.eval_results} == {"test"}
+    assert {r.dataset_type for r in parsed.eval_results} == {"m3d"}
+    assert parsed.eval_results[0].dataset_args == {"protocol": "end_to_end", "missing_modality_ratio": 0.0}
+    assert parsed.base_model == ["allenai/longformer-base-4096"]
     assert f"Training recipe: {describe_recipe(RECIPES['paper'])}." in card.text
+    assert (
+        "`allenai/longformer-base-4096` (longformer" in card.text
+        and "seeded 0.2 of it was held out" in card.text
+    )
+    assert (
+        "test` documents (21)" in card.text and "end_to_end` protocol (every output is predicted" in card.text
+    )
+    assert "More Information Needed" not in card.text and "synthetic" not in card.text.lower()
+    with pytest.raises(ValueError, match="unknown protocol"):
+        model_card({**flat, "test_average_f1": 0.5}, model_name="x", config=model.config, data=data, split="test",
+                   protocol="gold", missing_modality_ratio=0.0)  # fmt: skip
 
 
 def test_config_override_derives_the_initializer_range_of_the_new_width():
