@@ -498,16 +498,7 @@ def main() -> None:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     datasets.utils.logging.set_verbosity_warning()
     transformers.utils.logging.set_verbosity_warning()
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to.split(","),
-        project_dir=args.output_dir,
-        kwargs_handlers=[
-            DistributedDataParallelKwargs(find_unused_parameters=True)
-        ],  # a missing modality idles modules
-    )
-    check_fsdp(accelerator)
+    accelerator = build_accelerator(args)
     recipe = resolve_recipe(model_args, args)
     accelerator.print(f"recipe: {describe_recipe(recipe)}")
     accelerator.init_trackers("m3d", config=flat_config(model_args, data_args, args, recipe))
@@ -521,6 +512,21 @@ def main() -> None:
             write_seed_results(runs, output_dir)
     accelerator.wait_for_everyone()  # no process tears the process group down while another still works
     accelerator.end_training()
+
+
+def build_accelerator(args: TrainArguments) -> Accelerator:
+    """The Accelerator of a run (also `examples/reproduce.py`'s, shared by its runs), checked for FSDP."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to.split(","),
+        project_dir=args.output_dir,
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=True)
+        ],  # a missing modality idles modules
+    )
+    check_fsdp(accelerator)
+    return accelerator
 
 
 def check_fsdp(accelerator: Accelerator) -> None:
