@@ -52,7 +52,7 @@ from modeling_m3d.training import aggregate_seeds
 COLUMNS = {"ner": "Ent.", "coref": "Cha.", "re": "Rel.", "grounding": "Gro."}  # the paper's column names
 TABLE4_LABELS = {"m3d": "Best Setting"}  # Table IV names the full model so
 # The runs of the default grid on tiny encoders: small enough for a CPU (placed before any flag given).
-TINY_RUN_FLAGS = ["--synthetic_docs", "16", "--num_train_epochs", "2", "--per_device_eval_batch_size", "8"]
+TINY_RUN_FLAGS = ["--synthetic_docs", "32", "--num_train_epochs", "5", "--per_device_eval_batch_size", "8"]
 
 
 @dataclass
