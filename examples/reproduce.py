@@ -14,7 +14,8 @@ whose results (all_results.json) exist for the same arguments is not redone, so 
 
 The grid: Table III (`videomae-os`, `videomae-ts`, `vivit-os`, `vivit-ts`, `m3d`, and `text-crf` when asked for),
 Table IV (`m3d`, `m3d-no-mmcm`, `m3d-no-dffm`), Fig. 8 (`m3d` at each prompt length l_p) and Fig. 9 (`m3d` and
-`m3d-no-mmcm` at each missing-modality ratio), for the systems asked for. It writes OUTPUT/table3.md and .json and
+`m3d-no-mmcm` at each missing-modality ratio), for the systems asked for; each figure also shows the tables' runs at
+the default value. It writes OUTPUT/table3.md and .json and
 table4 (F1 per task in %, the variance over seeds in %² in brackets, and the average F1, in the paper's layout), and
 OUTPUT/fig8.png and fig9.png with their data in .json. Scores are on the test split (validation when there is none)
 under train.py's protocol (default: gold pairs, the paper's).
@@ -26,7 +27,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -52,7 +53,7 @@ from modeling_m3d.training import aggregate_seeds
 COLUMNS = {"ner": "Ent.", "coref": "Cha.", "re": "Rel.", "grounding": "Gro."}  # the paper's column names
 TABLE4_LABELS = {"m3d": "Best Setting"}  # Table IV names the full model so
 # The runs of the default grid on tiny encoders: small enough for a CPU (placed before any flag given).
-TINY_RUN_FLAGS = ["--synthetic_docs", "32", "--num_train_epochs", "5", "--per_device_eval_batch_size", "8"]
+TINY_RUN_FLAGS = ["--synthetic_docs", "24", "--num_train_epochs", "4", "--per_device_eval_batch_size", "8"]
 
 
 @dataclass
@@ -67,12 +68,14 @@ class ReproduceArguments:
         default_factory=lambda: [1, 2, 3], metadata={"help": "The paper averages three."}
     )
     prompt_lengths: list[int] = field(
-        default_factory=lambda: [8, 32, 128], metadata={"help": "Fig. 8: MMCM prompt lengths l_p of m3d."}
+        default_factory=lambda: [16, 128],
+        metadata={"help": "Fig. 8: MMCM prompt lengths l_p of m3d, besides its default (paper: 64)."},
     )
     missing_modality_ratios: list[float] = field(
-        default_factory=lambda: [0.2, 0.5, 0.8],
-        metadata={"help": "Fig. 9: shares of documents missing a modality (half text, half video)."},
-    )
+        default_factory=lambda: [0.0, 1 / 3],
+        metadata={"help": "Fig. 9: shares of documents missing a modality (half text, half video), besides the "
+                  "default (the paper's thirds: 2/3)."},
+    )  # fmt: skip
     encoders: Literal["tiny", "paper"] = field(
         default="tiny",
         metadata={"help": "tiny: encoders built from tiny configs (minutes on a CPU); paper: the paper's "
@@ -116,8 +119,11 @@ def plan(args: ReproduceArguments) -> dict[str, list[Run]]:
     return {
         "table3": runs([*TABLE3, *others]),
         "table4": runs(TABLE4),
-        "fig8": [run for length in args.prompt_lengths for run in runs(["m3d"], prompt_length=length)],
-        "fig9": [
+        # each figure also shows the tables' runs, at the system's default value of the setting
+        "fig8": runs(["m3d"])
+        + [run for length in args.prompt_lengths for run in runs(["m3d"], prompt_length=length)],
+        "fig9": runs(["m3d", "m3d-no-mmcm"])
+        + [
             run
             for ratio in args.missing_modality_ratios
             for run in runs(["m3d", "m3d-no-mmcm"], missing_modality_ratio=ratio)
@@ -195,14 +201,12 @@ def seed_scores(results: Sequence[Mapping[str, float]]) -> dict[str, dict]:
     return aggregate_seeds([{key: result[prefix + key] for key in keys} for result in results])
 
 
-def grouped(
-    runs: Sequence[Run], results: Mapping[Run, dict], key: Callable[[Run], tuple]
-) -> dict[tuple, dict]:
-    """Seed scores per `key` of the runs (e.g. system and language), in the order of `runs`."""
-    groups: dict[tuple, list[dict]] = {}
+def per_system(runs: Sequence[Run], results: Mapping[Run, dict]) -> dict[tuple[str, str], dict]:
+    """Seed scores per (system, language), in the order of `runs`."""
+    groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
-        groups.setdefault(key(run), []).append(results[run])
-    return {name: seed_scores(found) for name, found in groups.items()}
+        groups.setdefault((run.system, run.lang), []).append(results[run])
+    return {key: seed_scores(found) for key, found in groups.items()}
 
 
 def cell(score: Mapping[str, float]) -> str:
@@ -215,7 +219,7 @@ def write_table(
 ):
     """OUTPUT/<name>.md and .json: one row per language and system, in the paper's layout."""
     rows = []
-    for (system, lang), scores in grouped(runs, results, lambda run: (run.system, run.lang)).items():
+    for (system, lang), scores in per_system(runs, results).items():
         label = (
             TABLE4_LABELS.get(system, SYSTEMS[system].label) if name == "table4" else SYSTEMS[system].label
         )
@@ -241,11 +245,13 @@ def write_figure(name: str, axis: str, runs: Sequence[Run], results: Mapping[Run
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    by_value: dict[tuple[str, str, float], dict[int, dict]] = {}
+    for run in runs:  # a default run first: a sweep run at the same value and seed is not counted twice
+        value = swept_value(run, axis, results[run], root)
+        by_value.setdefault((run.system, run.lang, value), {}).setdefault(run.seed, results[run])
     points: dict[tuple[str, str], list[tuple[float, dict]]] = {}
-    for (system, lang, value), scores in grouped(
-        runs, results, lambda r: (r.system, r.lang, getattr(r, axis))
-    ).items():
-        points.setdefault((system, lang), []).append((value, scores))
+    for (system, lang, value), found in by_value.items():
+        points.setdefault((system, lang), []).append((value, seed_scores(list(found.values()))))
     langs = list(dict.fromkeys(lang for _, lang in points))
     figure, axes = plt.subplots(1, len(langs), figsize=(5 * len(langs), 4), squeeze=False)
     for ax, lang in zip(axes[0], langs, strict=True):
@@ -271,6 +277,16 @@ def write_figure(name: str, axis: str, runs: Sequence[Run], results: Mapping[Run
         for value, scores in sorted(values, key=lambda point: point[0])
     ]
     _write(root / f"{name}.json", json.dumps(data, indent=2))
+
+
+def swept_value(run: Run, axis: str, result: Mapping, root: Path) -> float:
+    """The value of the swept setting a run trained with: its own, or for a run at the system's default the one
+    recorded in its results (the ratio) or its saved config (the prompt length)."""
+    if getattr(run, axis) is not None:
+        return getattr(run, axis)
+    if axis == "missing_modality_ratio":
+        return result[axis]
+    return json.loads((run.directory(root) / "config.json").read_text(encoding="utf-8"))[axis]
 
 
 def _write(path: Path, text: str) -> None:

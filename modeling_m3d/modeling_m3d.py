@@ -11,6 +11,7 @@ processor's `post_process_extraction`.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from dataclasses import dataclass
@@ -797,7 +798,13 @@ class M3DModel(M3DPreTrainedModel):
         """
         text_model = text if isinstance(text, PreTrainedModel) else _pretrained_encoder(text)
         vision_model = vision if isinstance(vision, PreTrainedModel) else _pretrained_encoder(vision)
-        config = M3DConfig(text_config=text_model.config, vision_config=vision_model.config, **kwargs)
+        # Copies: building an M3DConfig resets its sub-configs' attention implementation, which the loaded
+        # encoders read from their own configs (a Longformer without one gets no attention mask).
+        config = M3DConfig(
+            text_config=copy.deepcopy(text_model.config),
+            vision_config=copy.deepcopy(vision_model.config),
+            **kwargs,
+        )
         return cls(config, text_model=text_model, vision_model=vision_model)
 
     # -- encoding --------------------------------------------------------------------------------------------
