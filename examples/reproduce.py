@@ -15,10 +15,10 @@ whose results (all_results.json) exist for the same arguments is not redone, so 
 The grid: Table III (`videomae-os`, `videomae-ts`, `vivit-os`, `vivit-ts`, `m3d`, and `text-crf` when asked for),
 Table IV (`m3d`, `m3d-no-mmcm`, `m3d-no-dffm`), Fig. 8 (`m3d` at each prompt length l_p) and Fig. 9 (`m3d` and
 `m3d-no-mmcm` at each missing-modality ratio), for the systems asked for; each figure also shows the tables' runs at
-the default value. It writes OUTPUT/table3.md and .json and
-table4 (F1 per task in %, the variance over seeds in %² in brackets, and the average F1, in the paper's layout), and
-OUTPUT/fig8.png and fig9.png with their data in .json. Scores are on the test split (validation when there is none)
-under train.py's protocol (default: gold pairs, the paper's).
+the default value. It writes OUTPUT/table3.md and .json and table4 (F1 per task in %, the variance over seeds in %²
+in brackets, and the average F1, in the paper's layout), and OUTPUT/fig8.png and fig9.png with their data in .json.
+Scores are on the test split (validation when there is none) under train.py's protocol (default: gold pairs, the
+paper's).
 """
 
 from __future__ import annotations
