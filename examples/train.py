@@ -31,7 +31,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -45,6 +45,7 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
     AutoModel,
     AutoTokenizer,
@@ -57,6 +58,7 @@ from modeling_m3d import M3DConfig, M3DModel, M3DProcessor
 from modeling_m3d.data import DataArguments, load_splits, modality_manifest
 from modeling_m3d.modality import save_manifest
 from modeling_m3d.schema import PROTOCOLS, join_tokens
+from modeling_m3d.systems import SYSTEMS, frames_per_row, get_system
 from modeling_m3d.testing import build_tokenizer, tiny_config, tiny_image_processor
 from modeling_m3d.training import (
     RECIPES,
@@ -95,6 +97,16 @@ class ModelArguments:
         metadata={
             "help": 'JSON object of M3DConfig fields, e.g. {"dropout": 0, "text_config": {"hidden_size": 64}}.'
         },
+    )
+    system: str | None = field(
+        default=None,
+        metadata={"help": "A system of Table III/IV (modeling_m3d.systems): its M3DConfig fields (under "
+                  "--config_overrides) and, for encoders no flag names, the paper's for --lang.",
+                  "choices": sorted(SYSTEMS)},
+    )  # fmt: skip
+    tiny_encoders: bool = field(
+        default=False,
+        metadata={"help": "With --system: its encoders built from tiny configs (random weights)."},
     )
 
 
@@ -212,6 +224,17 @@ def resolve_recipe(model_args: ModelArguments, args: TrainArguments) -> Recipe:
     )
 
 
+def apply_system(model_args: ModelArguments, lang: str) -> ModelArguments:
+    """With --system (and without --tiny_encoders), the paper's encoders for `lang` where no flag names one."""
+    if model_args.tiny_encoders and (model_args.text_encoder or model_args.vision_encoder):
+        raise ValueError("--tiny_encoders builds the encoders: drop --text_encoder and --vision_encoder")
+    if not model_args.system or model_args.tiny_encoders:
+        return model_args
+    system = get_system(model_args.system)
+    return replace(model_args, text_encoder=model_args.text_encoder or system.text_encoder(lang),
+                   vision_encoder=model_args.vision_encoder or system.vision_encoder)  # fmt: skip
+
+
 def config_overrides(model_args: ModelArguments) -> dict:
     if not model_args.config_overrides:
         return {}
@@ -226,21 +249,25 @@ def build_model_and_processor(
 ) -> tuple[M3DModel, M3DProcessor]:
     """Pretrained encoders when named (with their tokenizer and image processor), else a tokenizer trained on the
     training split and encoders built from configs (`modeling_m3d.testing`, the text encoder's widened by the
-    recipe's `text_config`). The recipe's `model_config`, then --config_overrides, set M3DConfig fields."""
-    overrides = config_overrides(model_args)
-    nested = {key: value for key, value in overrides.items() if isinstance(value, dict)}
-    top_level = {
-        **recipe.model_config,
-        **{key: value for key, value in overrides.items() if key not in nested},
-    }
+    recipe's `text_config`; the tiny vision encoder is the --system's kind). The recipe's `model_config`, then the
+    system's fields, then --config_overrides, set M3DConfig fields."""
+    system = get_system(model_args.system) if model_args.system else None
+    overrides = {**(system.config if system else {}), **config_overrides(model_args)}
+    nested = {key: overrides.pop(key) for key in ("text_config", "vision_config") if key in overrides}
+    top_level = {**recipe.model_config, **overrides}
     if model_args.text_encoder is None:
         if model_args.vision_encoder:
             raise ValueError("--vision_encoder needs --text_encoder (tiny encoders are built only as a pair)")
         texts = [join_tokens(tokens, data_args.lang) for tokens in train_rows["tokens"] if tokens]
         tokenizer = build_tokenizer(texts, data_args.lang, vocab_size=model_args.vocab_size)
         nested["text_config"] = {**recipe.text_config, **nested.get("text_config", {})}
-        config = override_config(tiny_config(tokenizer, max_frames=data_args.max_frames, **top_level), nested)
-        return M3DModel(config), make_processor(config, tokenizer, tiny_image_processor(), data_args.lang)
+        vision_config = system.tiny_vision_config() if system else None
+        max_frames = frames_per_row(vision_config, data_args.max_frames)
+        config = override_config(
+            tiny_config(tokenizer, vision_config, max_frames=max_frames, **top_level), nested
+        )
+        image_processor = system.tiny_image_processor() if system else tiny_image_processor()
+        return M3DModel(config), make_processor(config, tokenizer, image_processor, data_args.lang)
     if nested:
         raise ValueError(f"--config_overrides: sub-config overrides {sorted(nested)} need tiny encoders")
     tokenizer = AutoTokenizer.from_pretrained(model_args.text_encoder, add_prefix_space=True)
@@ -252,8 +279,11 @@ def build_model_and_processor(
             AutoModel.from_config(vision_config, add_pooling_layer=False),
             tiny_image_processor(),
         )
-    model = M3DModel.from_encoders_pretrained(model_args.text_encoder, vision, max_frames=data_args.max_frames,
-                                              **top_level)  # fmt: skip
+    vision_config = AutoConfig.from_pretrained(vision) if isinstance(vision, str) else vision.config
+    max_frames = frames_per_row(vision_config, data_args.max_frames)  # a video encoder's clip length
+    model = M3DModel.from_encoders_pretrained(
+        model_args.text_encoder, vision, max_frames=max_frames, **top_level
+    )
     return model, make_processor(model.config, tokenizer, image_processor, data_args.lang)
 
 
@@ -534,21 +564,13 @@ def push(args: TrainArguments, output_dir: Path) -> None:
 
 def main() -> None:
     model_args, data_args, args = parse_args()
+    model_args = apply_system(model_args, data_args.lang)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     datasets.utils.logging.set_verbosity_warning()
     datasets.disable_progress_bars()  # bars of a few seconds' work, between the log lines
     transformers.utils.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards" at every saved epoch
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to.split(","),
-        project_dir=args.output_dir,
-        kwargs_handlers=[
-            DistributedDataParallelKwargs(find_unused_parameters=True)
-        ],  # a missing modality idles modules
-    )
-    check_fsdp(accelerator)
+    accelerator = build_accelerator(args)
     recipe = resolve_recipe(model_args, args)
     accelerator.print(f"recipe: {describe_recipe(recipe)}")
     accelerator.init_trackers("m3d", config=flat_config(model_args, data_args, args, recipe))
@@ -564,6 +586,21 @@ def main() -> None:
                       "`import modeling_m3d`), all_results.json, README.md (model card), training_curves.png")  # fmt: skip
     accelerator.wait_for_everyone()  # no process tears the process group down while another still works
     accelerator.end_training()
+
+
+def build_accelerator(args: TrainArguments) -> Accelerator:
+    """The Accelerator of a run (also `examples/reproduce.py`'s, shared by its runs), checked for FSDP."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to.split(","),
+        project_dir=args.output_dir,
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=True)
+        ],  # a missing modality idles modules
+    )
+    check_fsdp(accelerator)
+    return accelerator
 
 
 def check_fsdp(accelerator: Accelerator) -> None:

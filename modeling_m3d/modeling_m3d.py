@@ -11,6 +11,7 @@ processor's `post_process_extraction`.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from dataclasses import dataclass
@@ -257,6 +258,82 @@ def _pretrained_encoder(name_or_path: str) -> PreTrainedModel:
     return AutoModel.from_pretrained(
         name_or_path, **_no_pooler_kwargs(AutoConfig.from_pretrained(name_or_path))
     )
+
+
+def is_video_encoder(vision_config) -> bool:
+    """Whether the vision encoder reads a clip as one tensor `(B, T, 3, H, W)` (VideoMAE, ViViT: a `num_frames` and
+    a `tubelet_size` in its config) rather than one image at a time (ViT-like)."""
+    return hasattr(vision_config, "num_frames") and hasattr(vision_config, "tubelet_size")
+
+
+def patch_grid(vision_config) -> tuple[int, int] | None:
+    """(rows, columns) of the patches of one frame: `image_size // patch_size` (ViT, VideoMAE) or over the spatial
+    part of `tubelet_size` (ViViT); None when the config gives no int sizes."""
+    size, patch = getattr(vision_config, "image_size", None), getattr(vision_config, "patch_size", None)
+    if patch is None and isinstance(getattr(vision_config, "tubelet_size", None), (list, tuple)):
+        patch = vision_config.tubelet_size[1:]
+    sizes = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    patches = tuple(patch) if isinstance(patch, (list, tuple)) else (patch, patch)
+    if not all(isinstance(value, int) and value > 0 for value in (*sizes, *patches)):
+        return None
+    return sizes[0] // patches[0], sizes[1] // patches[1]
+
+
+class M3DTubeletFrames(nn.Module):
+    """Per-frame patch features from a video encoder that reads a clip as one tensor (VideoMAE, ViViT; Table III).
+
+    Such an encoder embeds a clip of exactly T = `num_frames` frames (its config: VideoMAE-base 16, ViViT-B 32) as
+    non-overlapping t × p × p tubelets: ViViT's "tubelet embedding" (Arnab et al., ICCV 2021, §3.2) and VideoMAE's
+    "cube embedding" (Tong et al., NeurIPS 2022, §3.3), t = 2 in both. Its tokens are ordered by (temporal index,
+    patch row, patch column), after a leading CLS token for ViViT. The rows' frames are mapped to the clip and the
+    tokens back to the frames:
+
+    - clip: a row with n ≤ T real frames (a prefix of its frame mask) fills the T positions in temporal order,
+      position c showing frame ⌊c·n/T⌋, so every frame is shown (T/n times each when n divides T);
+    - back: the token of temporal index k covers the clip positions k·t … k·t+t−1, and a frame's P = (H/p)·(W/p)
+      patch features are the means, patch by patch, of the tokens covering the positions that show it.
+
+    A frame thus gets per-patch features as from a frame encoder, and the grounding boxes stay per annotated frame.
+    """
+
+    def __init__(self, vision_config):
+        super().__init__()
+        self.clip_length = vision_config.num_frames
+        tubelet = vision_config.tubelet_size
+        self.tubelet = tubelet if isinstance(tubelet, int) else tubelet[0]
+        grid = patch_grid(vision_config)
+        if grid is None or self.clip_length % self.tubelet:
+            raise ValueError(
+                f"vision_config: a video encoder needs int `image_size` and patch sizes and a `num_frames` "
+                f"({self.clip_length}) divisible by the temporal tubelet size ({self.tubelet})."
+            )
+        self.patches = grid[0] * grid[1]
+
+    def clip(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames `(B, F, 3, H, W)` with their mask `(B, F)` → the clips `(B, T, 3, H, W)` and the frame each clip
+        position shows `(B, T)`. Raises `ValueError` when a row has more frames than the clip holds."""
+        counts = frame_mask.sum(1, keepdim=True)
+        if int(counts.max()) > self.clip_length:
+            raise ValueError(
+                f"frame_mask: a row has {int(counts.max())} frames, more than the video encoder's clip of "
+                f"{self.clip_length} (give the processor max_frames={self.clip_length})."
+            )
+        clip_frames = torch.arange(self.clip_length, device=counts.device) * counts // self.clip_length
+        rows = torch.arange(len(pixel_values), device=counts.device)[:, None]
+        return pixel_values[rows, clip_frames], clip_frames
+
+    def forward(self, levels: torch.Tensor, clip_frames: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Token levels `(4, B, L, d_v)` (L = [CLS +] T/t·P) → per-frame patch levels `(4, B, num_frames, P, d_v)`;
+        frames no clip position shows are zeros."""
+        stack, rows, length, dim = levels.shape
+        steps = self.clip_length // self.tubelet
+        tokens = levels[:, :, length - steps * self.patches :]  # the leading CLS token, if any, is left out
+        positions = tokens.reshape(stack, rows, steps, self.patches, dim).repeat_interleave(
+            self.tubelet, dim=2
+        )
+        flat = positions.permute(1, 2, 0, 3, 4).reshape(rows, self.clip_length, -1)
+        frames = segment_mean(flat, clip_frames, num_frames)
+        return frames.view(rows, num_frames, stack, self.patches, dim).permute(2, 0, 1, 3, 4)
 
 
 class M3DHierarchicalFeatures(nn.Module):
@@ -590,12 +667,11 @@ class M3DGroundingHead(nn.Module):
         self.queries = None
         outputs = self.slots
         if config.grounding_pooling == "slots":
-            vision = config.vision_config
-            size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
-            grid = size // patch if isinstance(size, int) and isinstance(patch, int) else 0
-            if grid < 1:
+            rows, columns = patch_grid(config.vision_config) or (0, 0)
+            if rows < 1 or rows != columns:
                 raise ValueError("M3DConfig: `grounding_pooling='slots'` needs a vision_config with an int "
-                                 "`image_size` and `patch_size` (a square patch grid).")  # fmt: skip
+                                 "`image_size` and patch size (a square patch grid).")  # fmt: skip
+            grid = rows
             self.register_buffer("centres", patch_centres(grid), persistent=False)
             self.queries = nn.Parameter(torch.empty(self.slots, hidden))
             self.key = nn.Linear(hidden, hidden)
@@ -691,6 +767,7 @@ class M3DModel(M3DPreTrainedModel):
         hidden = text_config.hidden_size
         self.text_levels = M3DHierarchicalFeatures(text_config.num_hidden_layers)
         self.vision_levels = M3DHierarchicalFeatures(vision_config.num_hidden_layers)
+        self.tubelet_frames = M3DTubeletFrames(vision_config) if is_video_encoder(vision_config) else None
         vision_hidden = vision_config.hidden_size
         self.vision_projection = (
             nn.Linear(vision_hidden, hidden) if vision_hidden != hidden else nn.Identity()
@@ -721,7 +798,13 @@ class M3DModel(M3DPreTrainedModel):
         """
         text_model = text if isinstance(text, PreTrainedModel) else _pretrained_encoder(text)
         vision_model = vision if isinstance(vision, PreTrainedModel) else _pretrained_encoder(vision)
-        config = M3DConfig(text_config=text_model.config, vision_config=vision_model.config, **kwargs)
+        # Copies: building an M3DConfig resets its sub-configs' attention implementation, which the loaded
+        # encoders read from their own configs (a Longformer without one gets no attention mask).
+        config = M3DConfig(
+            text_config=copy.deepcopy(text_model.config),
+            vision_config=copy.deepcopy(vision_model.config),
+            **kwargs,
+        )
         return cls(config, text_model=text_model, vision_model=vision_model)
 
     # -- encoding --------------------------------------------------------------------------------------------
@@ -785,7 +868,11 @@ class M3DModel(M3DPreTrainedModel):
         return M3DLevels.from_stack(words.permute(2, 0, 1, 3))
 
     def encode_frames(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor) -> M3DLevels:
-        """Frames → patch output and levels (Eq. 6, 7), `(B, F, P, d_h)` each; all real frames in one call."""
+        """Frames → patch output and levels (Eq. 6, 7), `(B, F, P, d_h)` each.
+
+        A frame encoder (ViT-like) reads all real frames of the batch in one call, one image each; a video encoder
+        reads one clip per row that has frames (`encode_clips`).
+        """
         batch, frames = frame_mask.shape
         if frame_mask.shape[1] > self.config.max_frames:
             raise ValueError(
@@ -794,11 +881,25 @@ class M3DModel(M3DPreTrainedModel):
         hidden = self.config.text_config.hidden_size
         if not frame_mask.any():
             return M3DLevels.from_stack(pixel_values.new_zeros(NUM_LEVELS + 1, batch, frames, 1, hidden))
-        out = self.vision_model(pixel_values=pixel_values[frame_mask], output_hidden_states=True)
-        levels = self.vision_projection(self.vision_levels(out.last_hidden_state, out.hidden_states))
-        patches = levels.new_zeros(NUM_LEVELS + 1, batch, frames, *levels.shape[2:])
-        patches[:, frame_mask] = levels
+        if self.tubelet_frames is None:
+            encoded = frame_mask  # levels (4, N, P, d_v) of the N real frames
+            out = self.vision_model(pixel_values=pixel_values[frame_mask], output_hidden_states=True)
+            levels = self.vision_levels(out.last_hidden_state, out.hidden_states)
+        else:
+            encoded = frame_mask.any(1)  # levels (4, B', F, P, d_v) of the B' rows with frames
+            levels = self.encode_clips(pixel_values[encoded], frame_mask[encoded])
+        levels = self.vision_projection(levels)
+        patches = levels.new_zeros(NUM_LEVELS + 1, *encoded.shape, *levels.shape[2:])
+        patches[:, encoded] = levels
         return M3DLevels.from_stack(patches)
+
+    def encode_clips(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """A video encoder's levels (Eq. 6, 7) per frame: frames `(B', F, 3, H, W)` of rows with frames → one clip
+        per row through the encoder → `(4, B', F, P, d_v)`, the tubelet tokens mapped back to the frames."""
+        clip, clip_frames = self.tubelet_frames.clip(pixel_values, frame_mask)
+        out = self.vision_model(pixel_values=clip, output_hidden_states=True)
+        levels = self.vision_levels(out.last_hidden_state, out.hidden_states)
+        return self.tubelet_frames(levels, clip_frames, frame_mask.shape[1])
 
     def modalities(
         self, text: M3DLevels, word_mask: torch.Tensor, frames: M3DLevels, frame_mask: torch.Tensor

@@ -73,6 +73,18 @@ def subsample_indices(num_frames: int, max_frames: int | None) -> np.ndarray:
     return np.linspace(0, num_frames - 1, max_frames).round().astype(np.int64)
 
 
+def frame_pixels(image_processor, images: list[Image.Image]) -> torch.Tensor:
+    """Pixel values `(N, 3, H, W)` of `images`, each frame processed alone.
+
+    A video model's image processor (VideoMAE's, ViViT's) reads a list of images as one video and returns
+    `(1, N, 3, H, W)`; its steps (resize, centre crop, rescale, normalise) act frame by frame, so this is the same as
+    processing each frame alone. (Their video processors, `AutoVideoProcessor`, need torchvision, which M³D does
+    not require.)
+    """
+    pixels = image_processor(images, return_tensors="pt")["pixel_values"]
+    return pixels.flatten(0, pixels.dim() - 4)
+
+
 def _pad_stack(arrays: list[np.ndarray], length: int, fill: float | int, dtype: torch.dtype) -> torch.Tensor:
     """Stack ragged per-row arrays (leading dim ragged) into one padded tensor of ``length`` along dim 1."""
     trailing = arrays[0].shape[1:]
@@ -126,14 +138,16 @@ class M3DProcessor(ProcessorMixin):
 
     Args:
         image_processor ([`BaseImageProcessor`]): turns each frame into pixel values (ViT: resize, rescale to
-            [0, 1], normalise with its mean and std).
+            [0, 1], normalise with its mean and std); a video model's image processor works frame by frame too
+            (`frame_pixels`).
         tokenizer ([`PreTrainedTokenizerBase`]): a fast tokenizer that supports ``is_split_into_words``
             (for RoBERTa/Longformer byte-level BPE, load it with ``add_prefix_space=True``).
         entity_types (`list[str]`, *optional*): entity labels, in the model config's order.
         relation_types (`list[str]`, *optional*): relation labels; a row naming another type is an error.
         grounding_types (`list[str]`, *optional*): grounding labels.
         max_frames (`int`, *optional*, defaults to 8): frames beyond it are subsampled evenly, in order
-            (``None`` keeps all).
+            (``None`` keeps all). For a video encoder (VideoMAE, ViViT), its config's `num_frames`: the model
+            shows a row's kept frames as one clip of that many frames (`M3DTubeletFrames`), which holds no more.
         lang (`str`, *optional*, defaults to `"en"`): the language of the tokenizer and of the rows (a row whose
             `lang` differs is an error); how spans join back into text (EN with spaces, ZH without).
         pad_to_multiple_of (`int`, *optional*): pad `input_ids` to a multiple of it, e.g. a Longformer's attention
@@ -324,10 +338,7 @@ class M3DProcessor(ProcessorMixin):
         frame_indices = _pad_stack(
             [indices[:, None] for indices in selected], frame_mask.shape[1], -1, torch.long
         )
-        if images:
-            pixels = self.image_processor(images, return_tensors="pt")["pixel_values"]
-        else:
-            pixels = self.image_processor([Image.new("RGB", (8, 8))], return_tensors="pt")["pixel_values"][:0]
+        pixels = frame_pixels(self.image_processor, images or [Image.new("RGB", (8, 8))])[: len(images)]
         shape = (*frame_mask.shape, *pixels.shape[1:])
         if frame_mask.all():  # no padding: skip the copy
             return {

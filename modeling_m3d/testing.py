@@ -11,7 +11,13 @@ from collections import Counter
 from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LongformerConfig, PreTrainedTokenizerFast, ViTConfig, ViTImageProcessorPil
+from transformers import (
+    LongformerConfig,
+    PreTrainedConfig,
+    PreTrainedTokenizerFast,
+    ViTConfig,
+    ViTImageProcessorPil,
+)
 
 from .configuration_m3d import M3DConfig
 from .modeling_m3d import M3DModel
@@ -126,8 +132,11 @@ def tiny_image_processor() -> ViTImageProcessorPil:
     return ViTImageProcessorPil(size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE})
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast, **config_overrides) -> M3DConfig:
-    """An [`M3DConfig`] with a 3-layer Longformer (d_h 32) and a 3-layer ViT (32 px, patch 8)."""
+def tiny_config(
+    tokenizer: PreTrainedTokenizerFast, vision_config: PreTrainedConfig | None = None, **config_overrides
+) -> M3DConfig:
+    """An [`M3DConfig`] with a 3-layer Longformer (d_h 32) and `vision_config`, by default a 3-layer ViT (32 px,
+    patch 8)."""
     text_config = LongformerConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -141,7 +150,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, **config_overrides) -> M3DCo
         eos_token_id=tokenizer.sep_token_id,
         sep_token_id=tokenizer.sep_token_id,
     )
-    vision_config = ViTConfig(
+    vision_config = vision_config or ViTConfig(
         image_size=TINY_IMAGE_SIZE,
         patch_size=8,
         hidden_size=32,
