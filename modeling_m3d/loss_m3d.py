@@ -19,10 +19,10 @@ from scipy.optimize import linear_sum_assignment
 from torchcrf import CRF
 
 from .configuration_m3d import M3DConfig
+from .crf_m3d import log_likelihood
 
 IGNORE_INDEX = -100
 _MATCH_BLOCKED = 1e4  # Hungarian cost between a slot and a box of another frame
-_LOG_ZERO = -1e4  # log-score of an impossible CRF step (finite, so that gradients stay finite)
 
 
 def crf_negative_log_likelihood(
@@ -33,44 +33,13 @@ def crf_negative_log_likelihood(
     emissions (B, W, tags), word_mask (B, W) bool prefix mask, labels (B, W) tag ids (-100 on padding). Rows
     without words are left out (the CRF needs a first word); a batch without text gives a zero that keeps the
     graph. Equal to `-crf(emissions, tags, mask, reduction="token_mean")` of `pytorch-crf`, whose parameters it
-    reads, without its Python loop over the words; computed in float32.
+    reads, without its Python loop over the words (`crf_m3d`); computed in float32.
     """
     rows = word_mask[:, 0]
     if not rows.any():
         return emissions.sum() * 0
-    emissions, mask, tags = emissions[rows].float(), word_mask[rows], labels[rows].clamp(min=0)
-    log_likelihood = crf_path_score(crf, emissions, mask, tags) - crf_log_partition(crf, emissions, mask)
-    return -log_likelihood.sum() / mask.sum()
-
-
-def crf_path_score(crf: CRF, emissions: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
-    """Score of the tag sequence `tags` (B, W) over the words of the prefix `mask` (B, W) → (B,): start,
-    emission, transition and end scores."""
-    weight = mask.to(emissions.dtype)
-    emitted = emissions.gather(-1, tags[..., None]).squeeze(-1) * weight
-    moved = crf.transitions[tags[:, :-1], tags[:, 1:]] * weight[:, 1:]
-    last = tags.gather(1, mask.sum(1, keepdim=True) - 1).squeeze(1)
-    return crf.start_transitions[tags[:, 0]] + emitted.sum(1) + moved.sum(1) + crf.end_transitions[last]
-
-
-def crf_log_partition(crf: CRF, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """log Σ over all tag sequences of exp(score), per row → (B,): the forward algorithm as a balanced tree of
-    log-semiring matrix products, ⌈log₂ W⌉ batched steps instead of W sequential ones.
-
-    Step t ≥ 1 is the (tags, tags) matrix `transitions[i, j] + emissions[t, j]`; past a row's last word it is
-    the identity (0 on the diagonal, `_LOG_ZERO` elsewhere, whose exp is exactly 0 in float32).
-    """
-    batch, length, tags = emissions.shape
-    identity = torch.full((tags, tags), _LOG_ZERO, device=emissions.device).fill_diagonal_(0.0)
-    steps = torch.where(mask[:, 1:, None, None], crf.transitions + emissions[:, 1:, None, :], identity)
-    while steps.shape[1] > 1:
-        if steps.shape[1] % 2:
-            steps = torch.cat([steps, identity.expand(batch, 1, tags, tags)], dim=1)
-        steps = torch.logsumexp(steps[:, 0::2, :, :, None] + steps[:, 1::2, None, :, :], dim=-2)
-    alpha = crf.start_transitions + emissions[:, 0]
-    if length > 1:
-        alpha = torch.logsumexp(alpha[:, :, None] + steps[:, 0], dim=1)
-    return torch.logsumexp(alpha + crf.end_transitions, dim=-1)
+    mask = word_mask[rows]
+    return -log_likelihood(crf, emissions[rows].float(), mask, labels[rows].clamp(min=0)).sum() / mask.sum()
 
 
 def pair_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

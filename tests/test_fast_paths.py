@@ -1,5 +1,5 @@
-"""The fast computations equal the plain ones they replace: the CRF likelihood without a loop over the words
-(against `pytorch-crf`), and the DFFM direction run in the latent space (against Eq. 8–11 step by step)."""
+"""The fast computations equal the plain ones they replace: the CRF likelihood and Viterbi without a loop over
+the words (against `pytorch-crf`), and the DFFM direction run in the latent space (against Eq. 8–11 step by step)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 from torchcrf import CRF
 
+from modeling_m3d.crf_m3d import best_paths
 from modeling_m3d.loss_m3d import crf_negative_log_likelihood
 from modeling_m3d.modeling_m3d import M3DDirectedFusion, M3DKeys, M3DLevelSum
 from modeling_m3d.testing import build_tokenizer, tiny_config
@@ -42,6 +43,23 @@ def test_crf_likelihood_skips_rows_without_words():
     mask = torch.tensor([[True, True, False, False], [False] * 4])
     expected = -crf(emissions[:1], labels[:1], mask=mask[:1], reduction="token_mean")
     torch.testing.assert_close(crf_negative_log_likelihood(crf, emissions, mask, labels), expected)
+
+
+@pytest.mark.parametrize("tags", [3, 9])
+def test_best_paths_equal_pytorch_crf_viterbi(tags):
+    torch.manual_seed(tags)
+    crf = CRF(tags, batch_first=True)
+    for parameter in crf.parameters():
+        torch.nn.init.uniform_(parameter, -2.0, 2.0)
+    for words in (1, 2, 3, 5, 8, 9, 40):  # odd, even and power-of-two step counts
+        emissions = 2 * torch.randn(4, words, tags)
+        lengths = torch.randint(1, words + 1, (4,))
+        lengths[0] = words
+        mask = torch.arange(words) < lengths[:, None]
+        with torch.inference_mode():
+            paths = best_paths(crf, emissions, mask)
+        for row, expected in enumerate(crf.decode(emissions, mask=mask)):
+            assert paths[row].tolist() == expected + [0] * (words - len(expected)), (words, row)
 
 
 def _plain_direction(fusion: M3DDirectedFusion, query, query_mask, keys: M3DKeys) -> torch.Tensor:
