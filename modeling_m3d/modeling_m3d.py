@@ -282,8 +282,7 @@ def composed_linear(outer: nn.Linear, inner: nn.Linear) -> tuple[torch.Tensor, t
     Applying the composed map costs `d_in × d_out` per position instead of `d_in × d_mid + d_mid × d_out`; its
     weight costs `d_out × d_mid × d_in` once. It runs the DFFM's per-position work in the latent space.
     """
-    bias = outer.bias if inner.bias is None else F.linear(inner.bias, outer.weight, outer.bias)
-    return outer.weight @ inner.weight, bias
+    return outer.weight @ inner.weight, F.linear(inner.bias, outer.weight, outer.bias)
 
 
 class M3DVariationalBottleneck(nn.Module):
