@@ -13,18 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .crf_m3d import best_paths
+
 
 def viterbi_decode(crf: nn.Module, emissions: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
     """Best BIO tag sequence per row under the CRF (Eq. 15) → (B, W) long; 0 (= O) outside words.
 
-    `word_mask` must be a prefix mask per row; rows without words are all O.
+    `word_mask` must be a prefix mask per row; rows without words are all O. Computed in float32 without a
+    loop over the words (`crf_m3d.best_paths`).
     """
     tags = torch.zeros(word_mask.shape, dtype=torch.long, device=emissions.device)
     rows = word_mask[:, 0]
     if rows.any():
-        paths = crf.decode(emissions[rows], mask=word_mask[rows])
-        flat = torch.cat([torch.as_tensor(path, dtype=torch.long) for path in paths]).to(emissions.device)
-        tags[rows] = tags[rows].masked_scatter(word_mask[rows], flat)
+        tags[rows] = best_paths(crf, emissions[rows].float(), word_mask[rows])
     return tags
 
 

@@ -19,6 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from torchcrf import CRF
 
 from .configuration_m3d import M3DConfig
+from .crf_m3d import log_likelihood
 from .schema import IGNORE_INDEX
 
 _MATCH_BLOCKED = 1e4  # Hungarian cost between a slot and a box of another frame
@@ -31,13 +32,14 @@ def crf_negative_log_likelihood(
 
     emissions (B, W, tags), word_mask (B, W) bool prefix mask, labels (B, W) tag ids (-100 on padding). Rows
     without words are left out (the CRF needs a first word); a batch without text gives a zero that keeps the
-    graph.
+    graph. Equal to `-crf(emissions, tags, mask, reduction="token_mean")` of `pytorch-crf`, whose parameters it
+    reads, without its Python loop over the words (`crf_m3d`); computed in float32.
     """
     rows = word_mask[:, 0]
     if not rows.any():
         return emissions.sum() * 0
-    tags = labels[rows].clamp(min=0)
-    return -crf(emissions[rows], tags, mask=word_mask[rows], reduction="token_mean")
+    mask = word_mask[rows]
+    return -log_likelihood(crf, emissions[rows].float(), mask, labels[rows].clamp(min=0)).sum() / mask.sum()
 
 
 def pair_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

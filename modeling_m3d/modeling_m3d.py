@@ -353,11 +353,20 @@ class M3DHierarchicalFeatures(nn.Module):
         return torch.stack([last_hidden_state, *levels])
 
 
+def composed_linear(outer: nn.Linear, inner: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of `outer(inner(x))` as one linear map: `(W_o W_i, W_o b_i + b_o)`.
+
+    Applying the composed map costs `d_in × d_out` per position instead of `d_in × d_mid + d_mid × d_out`; its
+    weight costs `d_out × d_mid × d_in` once. It runs the DFFM's per-position work in the latent space.
+    """
+    return outer.weight @ inner.weight, F.linear(inner.bias, outer.weight, outer.bias)
+
+
 class M3DVariationalBottleneck(nn.Module):
     """VAE encoder d_h → d_vae (mean, log-variance, reparameterisation) and decoder d_vae → d_h (Eq. 8, 10).
 
     Samples only in training with a positive KL weight; otherwise the mean is used (a deterministic
-    autoencoder).
+    autoencoder). The decoder is linear; [`M3DDirectedFusion`] folds it into the level sum of Eq. 11.
     """
 
     def __init__(self, config: M3DConfig):
@@ -368,8 +377,12 @@ class M3DVariationalBottleneck(nn.Module):
         self.sample = config.vae_kl_weight > 0
 
     def encode(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the latent code and the KL divergence to N(0, I) per position."""
-        mean, log_var = self.statistics(features).chunk(2, dim=-1)
+        """features (..., d_h) → the latent code (..., d_vae) and the KL divergence to N(0, I) per position."""
+        return self.reparameterize(self.statistics(features))
+
+    def reparameterize(self, statistics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[mean; log-variance]` (..., 2·d_vae) → the latent code and the KL divergence per position."""
+        mean, log_var = statistics.chunk(2, dim=-1)
         log_var = log_var.clamp(-10.0, 10.0)
         latent = mean
         if self.training and self.sample:
@@ -377,13 +390,16 @@ class M3DVariationalBottleneck(nn.Module):
         kl = -0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).sum(-1)
         return latent, kl
 
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.decoder(latent)
-
 
 class M3DFusionLevel(nn.Module):
     """One level λ of the DFFM: W^K, W^V, the shared Encoder_λ for Q, K and V (Eq. 8), multi-head attention
-    with a residual (Eq. 9), an FFN with a residual and Decoder_λ (Eq. 10)."""
+    with a residual (Eq. 9), an FFN with a residual (Eq. 10); Decoder_λ is applied by [`M3DDirectedFusion`].
+
+    Encoder_λ(W^K H) is computed as one linear map of H (`composed_linear`), and K and V in one call, so the
+    keys are projected straight to d_vae. Dropout is applied to the attention output rather than to the
+    attention weights: dropping weights needs the full (L_q, L_k) weight matrix, which the fused attention
+    kernels never build (on a CPU, attention with weight dropout took 5× as long).
+    """
 
     def __init__(self, config: M3DConfig):
         super().__init__()
@@ -391,9 +407,8 @@ class M3DFusionLevel(nn.Module):
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
         self.vae = M3DVariationalBottleneck(config)
-        self.attention = nn.MultiheadAttention(
-            latent, config.fusion_heads, dropout=config.dropout, batch_first=True
-        )
+        self.attention = nn.MultiheadAttention(latent, config.fusion_heads, batch_first=True)
+        self.attention_dropout = nn.Dropout(config.dropout)
         self.ffn = nn.Sequential(
             nn.Linear(latent, 4 * latent),
             nn.GELU(),
@@ -404,14 +419,19 @@ class M3DFusionLevel(nn.Module):
     def forward(
         self, query: torch.Tensor, query_mask: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """query (B, Lq, d_h), keys (B, Lk, d_h), masks (True = real) → (B, Lq, d_h), mean KL of Q, K, V."""
+        """query (B, Lq, d_h), keys (B, Lk, d_h), masks (True = real) → latent codes (B, Lq, d_vae) before
+        Decoder_λ, mean KL of Q, K, V."""
         q, kl_q = self.vae.encode(query)
-        k, kl_k = self.vae.encode(self.key(keys))
-        v, kl_v = self.vae.encode(self.value(keys))
-        attended = q + self.attention(q, k, v, key_padding_mask=~key_mask, need_weights=False)[0]
-        fused = self.vae(attended + self.ffn(attended))
+        (key_weight, key_bias), (value_weight, value_bias) = (
+            composed_linear(self.vae.statistics, projection) for projection in (self.key, self.value)
+        )
+        statistics = F.linear(keys, torch.cat([key_weight, value_weight]), torch.cat([key_bias, value_bias]))
+        k, kl_k = self.vae.reparameterize(statistics[..., : key_weight.shape[0]])
+        v, kl_v = self.vae.reparameterize(statistics[..., key_weight.shape[0] :])
+        attention = self.attention(q, k, v, key_padding_mask=~key_mask, need_weights=False)[0]
+        attended = q + self.attention_dropout(attention)
         kl = (masked_mean(kl_q, query_mask) + masked_mean(kl_k, key_mask) + masked_mean(kl_v, key_mask)) / 3
-        return fused, kl
+        return attended + self.ffn(attended), kl
 
 
 class M3DLevelSum(nn.Linear):
@@ -438,14 +458,30 @@ class M3DDirectedFusion(nn.Module):
         self, query: torch.Tensor, query_mask: torch.Tensor, keys: M3DKeys
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """query (B, Lq, d_h) attends to each level of `keys` → (B, Lq, d_h), mean KL."""
-        fused, kls = zip(
+        latents, kls = zip(
             *(
                 level(query, query_mask, k, keys.mask)
                 for level, k in zip(self.levels, keys.levels, strict=True)
             ),
             strict=True,
         )
-        return self.mix(torch.cat([*fused, query], dim=-1)), torch.stack(kls).mean()
+        weight, bias = self.decoded_level_sum()
+        return F.linear(torch.cat([*latents, query], dim=-1), weight, bias), torch.stack(kls).mean()
+
+    def decoded_level_sum(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoders (Eq. 10) and the level sum (Eq. 11) as one linear map of `[z_l; z_m; z_h; H]`, the
+        levels' latent codes and the query: Σ_λ W_λ (D_λ z_λ + d_λ) + W H + b = Σ_λ (W_λ D_λ) z_λ + W H +
+        (b + Σ_λ W_λ d_λ). Weight (d_h, 3·d_vae + d_h), bias (d_h,)."""
+        *level_weights, query_weight = self.mix.weight.split(self.mix.out_features, dim=1)
+        decoders = [level.vae.decoder for level in self.levels]
+        weight = torch.cat(
+            [w @ decoder.weight for w, decoder in zip(level_weights, decoders, strict=True)] + [query_weight],
+            dim=1,
+        )
+        bias = self.mix.bias + sum(
+            w @ decoder.bias for w, decoder in zip(level_weights, decoders, strict=True)
+        )
+        return weight, bias
 
 
 class M3DDenoisedFusion(nn.Module):
