@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import transformers
@@ -48,13 +47,13 @@ from PIL import Image
 from transformers import LongformerConfig, PreTrainedTokenizerFast, ViTConfig, ViTImageProcessorPil
 
 from modeling_m3d import M3DConfig, M3DModel, M3DProcessor
+from modeling_m3d.benchmark_video_m3d import frames_kept_per_second, write_test_video
 from modeling_m3d.decoding_m3d import viterbi_decode
 from modeling_m3d.loss_m3d import crf_negative_log_likelihood
 from modeling_m3d.release import iter_examples
 from modeling_m3d.schema import GROUNDING_TYPES, join_tokens, reference_document
 from modeling_m3d.scoring import m3d_scores
 from modeling_m3d.testing import build_tokenizer
-from modeling_m3d.video_m3d import sample_frames
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DEV_FILE = REPO.parent / "shared" / "m3d" / "data" / "en" / "dev_en.json"
@@ -68,7 +67,7 @@ PAIR_SETTINGS = {"20 entities / 4 chains": (20, 4, 6), "200 entities / 40 chains
 SHAPES = {"paper": (768, 12), "tiny": (128, 2)}
 TABLE = {"pieces": (512, 1024, 2048, 4096), "frames": (8, 16, 32)}
 QUICK_TABLE = {"pieces": (512, 1024), "frames": (8, 16)}
-VIDEO_SIZE, VIDEO_FPS, SOURCE_FRAMES_PER_KEPT = (640, 360), 24, 24
+VIDEO_SIZE = (640, 360)
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
@@ -432,45 +431,16 @@ def eval_throughput(model: M3DModel, processor: M3DProcessor, rows: list[dict], 
     return len(rows) / (now() - start)
 
 
-def write_video(path: Path, seconds: int, seed: int) -> None:
-    """An H.264 video (libx264's default key-frame interval) of a textured pattern sliding across the frame."""
-    width, height = VIDEO_SIZE
-    rng = np.random.default_rng(seed)
-    texture = np.kron(
-        rng.integers(0, 256, (height // 8, 2 * width // 8, 3), dtype=np.uint8), np.ones((8, 8, 1))
-    )
-    texture = texture.astype(np.uint8)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=VIDEO_FPS)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast"}
-        for index in range(seconds * VIDEO_FPS):
-            shift = (4 * index) % width
-            frame = av.VideoFrame.from_ndarray(
-                np.ascontiguousarray(texture[:, shift : shift + width]), "rgb24"
-            )
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-
-
-def ingest(video: Path) -> list[Image.Image]:
-    """The frames the ingestion keeps from a video: the current `video_m3d.sample_frames`, one frame per
-    `SOURCE_FRAMES_PER_KEPT` frames of the source. The one place to switch when the ingestion changes."""
-    with av.open(str(video)) as container:
-        stream = container.streams.video[0]
-        duration, fps = float(stream.duration * stream.time_base), float(stream.average_rate)
-    return sample_frames(video, num_frames=max(1, round(duration * fps / SOURCE_FRAMES_PER_KEPT)))[0]
-
-
-def ingest_throughput(seconds: int, device, seed: int) -> tuple[float, int]:
-    """Frames kept per second ingesting a generated `seconds`-long video (its writing is not timed)."""
+def ingest_throughput(seconds: int) -> tuple[float, int]:
+    """Frames kept per second of wall time when ingesting a generated `seconds`-long 640×360, 24 fps H.264 video
+    (`benchmark_video_m3d`: sampled as `ingest_m3d` does, one frame every 24 source frames; writing the video is
+    not timed)."""
     with tempfile.TemporaryDirectory() as folder:
-        video = Path(folder) / "video.mp4"
-        write_video(video, seconds, seed)
-        now = clock(device)
-        start = now()
-        kept = len(ingest(video))
-        return kept / (now() - start), kept
+        video = write_test_video(
+            Path(folder) / "video.mp4", seconds=seconds, width=VIDEO_SIZE[0], height=VIDEO_SIZE[1]
+        )
+        result = frames_kept_per_second(video)
+        return result["frames_per_second"], result["frames"]
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -543,7 +513,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["eval_rows_per_s"] = eval_throughput(
             model, processor, rows[: args.eval_rows], device, args.seed
         )
-        results["ingest_frames_per_s"], kept = ingest_throughput(args.video_seconds, device, args.seed)
+        results["ingest_frames_per_s"], kept = ingest_throughput(args.video_seconds)
     with announced(f"memory table, {args.table_shape} shapes"):
         if args.table_shape != shape:
             model = benchmark_model(args.table_shape, len(tokenizer))
@@ -551,7 +521,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["memory_table"] = memory_table(model, processor, rows, args, device)
     results["targets_met"] = targets_met(results)
     results["details"] = {**measured, "ingest": {"video_seconds": args.video_seconds,
-                          "size": VIDEO_SIZE, "fps": VIDEO_FPS, "frames_kept": kept},
+                          "size": VIDEO_SIZE, "fps": 24, "frames_kept": kept},
                           "rows": {"preprocess": args.processor_rows, "eval": args.eval_rows}}  # fmt: skip
     print_report(results)
     if args.output:
