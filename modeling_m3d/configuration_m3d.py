@@ -85,6 +85,11 @@ class M3DConfig(PreTrainedConfig):
             linking a subject to its object usually are.
         loss_weights (`dict[str, float]`): α of Eq. 24 over `ner`, `coref`, `re`, `grounding_type`,
             `grounding_box`; missing keys take the defaults (1.0 each, 5.0 for `grounding_box`).
+        ner_loss_normalization (`str`, defaults to `"word"`): how the CRF negative log-likelihood (Eq. 19) is
+            normalised: `"word"` (the paper's 1/n_x: the mean over a document's words) or `"document"` (summed over
+            each document's words, as the CRF likelihood usually is; averaged over documents). On ~300-word
+            documents `"word"` makes the NER term of Eq. 24 ~300 times smaller than the pair losses, which then
+            steer a pretrained encoder (the `finetune` recipe of `examples/train.py` uses `"document"`).
         vae_kl_weight (`float`, defaults to 1e-3): weight of the VAE KL term; 0 also turns sampling off.
         dropout (`float`, defaults to 0.1): dropout of the fusion module and the heads.
         max_frames (`int`, defaults to 32): frames per clip covered by the frame position embeddings (Eq. 12).
@@ -128,6 +133,7 @@ class M3DConfig(PreTrainedConfig):
     bilinear_dim: int = 256
     relation_context: int = 0
     loss_weights: dict[str, float | int] | None = None
+    ner_loss_normalization: Literal["word", "document"] = "word"
     vae_kl_weight: float | int = 1e-3
     dropout: float | int = 0.1
     max_frames: int = 32

@@ -26,9 +26,11 @@ _MATCH_BLOCKED = 1e4  # Hungarian cost between a slot and a box of another frame
 
 
 def crf_negative_log_likelihood(
-    crf: CRF, emissions: torch.Tensor, word_mask: torch.Tensor, labels: torch.Tensor
+    crf: CRF, emissions: torch.Tensor, word_mask: torch.Tensor, labels: torch.Tensor, normalization: str = "word"
 ) -> torch.Tensor:
-    """Eq. 19: the CRF's negative log-likelihood of `labels`, averaged over the words of the rows with text.
+    """Eq. 19: the CRF's negative log-likelihood of `labels` over the rows with text, averaged over their words
+    (`normalization="word"`, the paper's 1/n_x) or summed over each row's words and averaged over rows
+    (`"document"`).
 
     emissions (B, W, tags), word_mask (B, W) bool prefix mask, labels (B, W) tag ids (-100 on padding). Rows
     without words are left out (the CRF needs a first word); a batch without text gives a zero that keeps the
@@ -39,7 +41,8 @@ def crf_negative_log_likelihood(
     if not rows.any():
         return emissions.sum() * 0
     mask = word_mask[rows]
-    return -log_likelihood(crf, emissions[rows].float(), mask, labels[rows].clamp(min=0)).sum() / mask.sum()
+    likelihood = log_likelihood(crf, emissions[rows].float(), mask, labels[rows].clamp(min=0))
+    return -likelihood.sum() / (mask.sum() if normalization == "word" else len(likelihood))
 
 
 def pair_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -119,6 +122,7 @@ class M3DLoss:
         self.weights = config.loss_weights
         self.kl_weight = config.vae_kl_weight
         self.none_weight = config.grounding_none_weight
+        self.ner_normalization = config.ner_loss_normalization
 
     def __call__(
         self,
@@ -140,7 +144,7 @@ class M3DLoss:
     ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         losses = {}
         if ner_labels is not None:
-            losses["ner"] = crf_negative_log_likelihood(crf, ner_logits, word_mask, ner_labels)
+            losses["ner"] = crf_negative_log_likelihood(crf, ner_logits, word_mask, ner_labels, self.ner_normalization)
         if coref_labels is not None and coref_logits is not None:
             losses["coref"] = pair_cross_entropy(coref_logits, coref_labels)
         if re_labels is not None and re_logits is not None:

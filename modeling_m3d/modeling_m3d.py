@@ -862,9 +862,11 @@ class M3DModel(M3DPreTrainedModel):
         """Pieces → `(4, B, T, d_h)`: output and level features (Eq. 5, 7), stacked as [`M3DLevels`].
 
         A document longer than the encoder's positions is cut into overlapping windows, all encoded in one
-        call; each piece's features are the mean over the windows that hold it.
+        call; each piece's features are the mean over the windows that hold it. No pieces (T = 0) give none.
         """
         batch, length = input_ids.shape
+        if length == 0:  # no row has text and the tokenizer adds no special tokens
+            return self.frame_positions.new_zeros(NUM_LEVELS + 1, batch, 0, self.config.text_config.hidden_size)
         window, stride = self.text_window or (length, length)
         count = 1 if length <= window else 1 + math.ceil((length - window) / stride)
         window = min(window, length)
@@ -899,7 +901,7 @@ class M3DModel(M3DPreTrainedModel):
             raise ValueError(f"word_ids: index {int(word_ids.max())} >= word_mask width {num_words}.")
         pieces = self.encode_text(input_ids, attention_mask)
         levels, batch, tokens, hidden = pieces.shape
-        flat = pieces.permute(1, 2, 0, 3).reshape(batch, tokens, -1)
+        flat = pieces.permute(1, 2, 0, 3).reshape(batch, tokens, levels * hidden)
         words = segment_mean(flat, word_ids, num_words).view(batch, num_words, levels, hidden)
         return M3DLevels.from_stack(words.permute(2, 0, 1, 3))
 

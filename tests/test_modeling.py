@@ -6,9 +6,11 @@ import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from PIL import Image
+from tokenizers import processors
+from transformers import AutoModel, BertConfig
 
 from modeling_m3d.configuration_m3d import M3DConfig
-from modeling_m3d.loss_m3d import pair_cross_entropy
+from modeling_m3d.loss_m3d import crf_negative_log_likelihood, pair_cross_entropy
 from modeling_m3d.modeling_m3d import M3DLevelSum, M3DModel, M3DNoFusion, layer_thirds, span_mean
 from modeling_m3d.processing_m3d import M3DProcessor
 from modeling_m3d.testing import build_tokenizer, tiny_config, tiny_image_processor
@@ -226,6 +228,68 @@ def test_from_encoders_pretrained_keeps_encoder_weights(tiny, tmp_path):
         theirs = getattr(model, name).state_dict()
         for key, value in getattr(built, name).state_dict().items():
             torch.testing.assert_close(value, theirs[key])
+
+
+@pytest.mark.parametrize("normalization", ["word", "document"])
+def test_ner_loss_normalisation(tiny, normalization):
+    """Eq. 19 averaged over words (the paper's) or each document's sequence NLL averaged over documents."""
+    crf = tiny[0].entity_head.crf
+    torch.manual_seed(0)
+    emissions = torch.randn(3, 6, crf.num_tags)
+    word_mask = torch.arange(6) < torch.tensor([6, 2, 0])[:, None]
+    labels = torch.randint(0, crf.num_tags, (3, 6))
+    per_row = [-crf(emissions[i : i + 1], labels[i : i + 1], mask=word_mask[i : i + 1]) for i in (0, 1)]
+    expected = (per_row[0] + per_row[1]) / (8 if normalization == "word" else 2)
+    loss = crf_negative_log_likelihood(crf, emissions, word_mask, labels, normalization)
+    torch.testing.assert_close(loss, expected)
+
+
+def _text_encoder(tiny_model: M3DModel, family: str):
+    """The tiny model's Longformer, or a BERT of the same size and vocabulary, with random weights."""
+    if family == "longformer":
+        return tiny_model.text_model
+    text = tiny_model.config.text_config
+    config = BertConfig(vocab_size=text.vocab_size, hidden_size=text.hidden_size, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=2 * text.hidden_size, pad_token_id=text.pad_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    return AutoModel.from_config(config, add_pooling_layer=False)
+
+
+@pytest.mark.parametrize("family", ["longformer", "bert"])
+def test_pretrained_encoders_predict_as_their_reloaded_copy(tiny, mixed_batch, tmp_path, family):
+    """Building the M3DConfig from a loaded encoder's config once left its attention implementation unset:
+    Longformer then had no attention mask (a crash), BERT attended to padding unlike its reloaded copy."""
+    model, _ = tiny
+    _text_encoder(model, family).save_pretrained(tmp_path / "text")
+    model.vision_model.save_pretrained(tmp_path / "vision")
+    built = M3DModel.from_encoders_pretrained(str(tmp_path / "text"), str(tmp_path / "vision")).eval()
+    built.save_pretrained(tmp_path / "m3d")
+    copy = M3DModel.from_pretrained(tmp_path / "m3d").eval()
+    for name in ("text_model", "vision_model"):
+        implementation = getattr(built, name).config._attn_implementation
+        assert (
+            implementation is not None and implementation == getattr(copy, name).config._attn_implementation
+        )
+    with torch.no_grad():
+        torch.testing.assert_close(
+            built(**mixed_batch).ner_logits, copy(**mixed_batch).ner_logits, rtol=0, atol=1e-6
+        )
+    assert built.predict(**mixed_batch, protocol="gold_pairs") == copy.predict(
+        **mixed_batch, protocol="gold_pairs"
+    )
+
+
+def test_a_batch_without_pieces_encodes_to_blank_text(tiny):
+    """A tokenizer that adds no special tokens gives a text-missing batch no pieces at all (T = 0)."""
+    model, _ = tiny
+    bare = build_tokenizer([" ".join(WORDS)], "en")
+    bare.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
+    processor = M3DProcessor(tiny_image_processor(), bare, relation_types=model.config.relation_types)
+    batch = processor([make_row(0, text=False), make_row(1, text=False)], return_tensors="pt")
+    assert batch["input_ids"].shape == (2, 0)
+    out = model(**batch)
+    assert torch.isfinite(out.loss) and not out.text_features.any()
+    assert all(not document["entities"] for document in model.predict(**batch))
 
 
 def _parameter_names(model: M3DModel) -> set[str]:

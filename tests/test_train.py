@@ -290,6 +290,16 @@ def test_recipes_name_the_papers_settings_and_flags_override_them():
     assert overridden.learning_rate == 1e-4 and overridden.num_train_epochs == small.num_train_epochs
     assert overridden.name == "small" and small.learning_rate == 2e-3
     assert describe_recipe(paper).startswith("paper (encoder_learning_rate=5e-06, learning_rate=0.001,")
+    finetune = RECIPES["finetune"]
+    assert (finetune.encoder_learning_rate, finetune.learning_rate, finetune.num_train_epochs) == (
+        5e-5,
+        1e-3,
+        20,
+    )
+    assert finetune.model_config == {
+        "ner_loss_normalization": "document",
+        "loss_weights": {"coref": 10.0, "re": 10.0},
+    }
 
 
 def test_seed_aggregation_and_model_card():
