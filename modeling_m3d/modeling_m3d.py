@@ -866,7 +866,9 @@ class M3DModel(M3DPreTrainedModel):
         """
         batch, length = input_ids.shape
         if length == 0:  # no row has text and the tokenizer adds no special tokens
-            return self.frame_positions.new_zeros(NUM_LEVELS + 1, batch, 0, self.config.text_config.hidden_size)
+            return self.frame_positions.new_zeros(
+                NUM_LEVELS + 1, batch, 0, self.config.text_config.hidden_size
+            )
         window, stride = self.text_window or (length, length)
         count = 1 if length <= window else 1 + math.ceil((length - window) / stride)
         window = min(window, length)
@@ -1110,23 +1112,12 @@ class M3DModel(M3DPreTrainedModel):
 
     @torch.no_grad()
     def decode(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.LongTensor,
-        word_ids: torch.LongTensor,
-        word_mask: torch.BoolTensor,
-        pixel_values: torch.FloatTensor,
-        frame_mask: torch.BoolTensor,
-        entity_spans: torch.LongTensor | None = None,
-        entity_mask: torch.BoolTensor | None = None,
-        entity_chain: torch.LongTensor | None = None,
-        chain_mask: torch.BoolTensor | None = None,
-        protocol: str = "end_to_end",
-        grounding_threshold: float = 0.0,
-        **kwargs,
+        self, protocol: str = "end_to_end", grounding_threshold: float = 0.0, **batch: torch.Tensor
     ) -> M3DDecoderOutput:
         """Decodes a batch into tensors (see [`M3DDecoderOutput`]). Encoders and fusion run once; only the pair
         heads depend on the protocol.
+
+        `batch` is the processor's batch, the inputs of `forward` (its label tensors are ignored).
 
         - `"gold_pairs"` (the paper's): chains are the components of predicted coreference among the gold
           `entity_spans`, relations are predicted between the gold chains (`entity_chain`).
@@ -1134,14 +1125,21 @@ class M3DModel(M3DPreTrainedModel):
           chains as connected components → relations between the predicted chains.
 
         Entities come from the CRF in both; grounding slots whose best class is a type with probability ≥
-        `grounding_threshold` are kept. Label tensors in the batch are ignored. Raises `ValueError` on an
-        unknown protocol or, for `"gold_pairs"`, a batch without gold mentions and chains.
+        `grounding_threshold` are kept. Raises `ValueError` on an unknown protocol or, for `"gold_pairs"`, a
+        batch without gold mentions and chains.
         """
         check_protocol(protocol)
-        word_mask, frame_mask = word_mask.bool(), frame_mask.bool()
-        text, frames, _ = self.encode(
-            input_ids, attention_mask, word_ids, word_mask, pixel_values, frame_mask
+        word_mask, frame_mask = batch["word_mask"].bool(), batch["frame_mask"].bool()
+        inputs = (
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["word_ids"],
+            word_mask,
+            batch["pixel_values"],
         )
+        text, frames, _ = self.encode(*inputs, frame_mask)
+        entity_spans, entity_mask = batch.get("entity_spans"), batch.get("entity_mask")
+        entity_chain, chain_mask = batch.get("entity_chain"), batch.get("chain_mask")
         entities = bio_tags_to_spans(
             viterbi_decode(self.entity_head.crf, self.entity_head(text), word_mask), word_mask
         )
