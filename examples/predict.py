@@ -77,7 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--protocol", choices=PROTOCOLS, default="end_to_end", help="gold_pairs needs annotated schema rows."
     )
-    parser.add_argument("--threshold", type=float, default=0.0, help="Minimum score of a grounding.")
+    parser.add_argument(
+        "--relation_threshold", type=float, help="Least probability of a relation (default: the model's)."
+    )
+    parser.add_argument(
+        "--grounding_threshold", type=float, help="Least score of a grounding (default: the model's)."
+    )
     parser.add_argument(
         "--lang", choices=LANGUAGES, help="Language of inputs without one (default: the processor's)."
     )
@@ -164,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         pipeline_class=M3DExtractionPipeline,
         device=device,
         protocol=args.protocol,
-        threshold=args.threshold,
+        relation_threshold=args.relation_threshold,
+        grounding_threshold=args.grounding_threshold,
     )
     processor = extractor.processor
     lang, num_frames = args.lang or processor.lang, args.num_frames or processor.max_frames or 8

@@ -68,6 +68,7 @@ from modeling_m3d.training import (
     Recipe,
     TrainingData,
     aggregate_seeds,
+    choose_thresholds,
     describe_recipe,
     flatten_scores,
     model_card,
@@ -75,6 +76,7 @@ from modeling_m3d.training import (
     parameter_groups,
     plot_training_curves,
     predict_and_score,
+    predict_split,
     restore_default_mode,
     results_table,
     synthetic_data_root,
@@ -482,17 +484,41 @@ def final_scores(
     accelerator: Accelerator, loaders: dict, protocol: str, state: dict, output_dir: Path
 ) -> dict:
     """Scores of the best epoch's weights on the test split, else on validation. The saved model is loaded again and
-    prepared for evaluation only (a full copy per process), whatever wraps or shards the training model."""
+    prepared for evaluation only (a full copy per process), whatever wraps or shards the training model. Its
+    decoding thresholds are first chosen on validation (`calibrate_thresholds`)."""
     split = "test" if "test" in loaders else "validation"
     if split not in loaders:
         return {}
     best = accelerator.prepare_model(M3DModel.from_pretrained(output_dir), evaluation_mode=True)
+    thresholds = (
+        calibrate_thresholds(accelerator, best, loaders["validation"], protocol, output_dir)
+        if "validation" in loaders
+        else {}
+    )
     prefix = "test_" if split == "test" else "eval_"
     results = flatten_scores(predict_and_score(accelerator, best, loaders[split], protocol), prefix)
     accelerator.print(
         f"{split} ({protocol}, best epoch {state['best_epoch']})\n{results_table(results, prefix)}"
     )
-    return results
+    return {**results, **thresholds}
+
+
+def calibrate_thresholds(accelerator: Accelerator, model, loader, protocol: str, output_dir: Path) -> dict:
+    """The relation and grounding thresholds that maximise their validation F1 (`choose_thresholds`), set in the
+    model's config and saved with it (config.json); tasks without gold items in validation keep theirs."""
+    predictions, references = predict_split(
+        accelerator, model, loader, protocol, relation_threshold=0.0, grounding_threshold=0.0
+    )
+    thresholds = choose_thresholds(predictions, references)
+    config = accelerator.unwrap_model(model).config
+    for name, value in thresholds.items():
+        setattr(config, name, value)
+    if accelerator.is_main_process:
+        config.save_pretrained(output_dir)
+    accelerator.print(
+        f"decoding thresholds chosen on validation ({protocol}): {thresholds or 'none to choose'}"
+    )
+    return thresholds
 
 
 def training_data(data_args: DataArguments, splits: dict[str, datasets.Dataset]) -> TrainingData:

@@ -90,6 +90,12 @@ class M3DConfig(PreTrainedConfig):
             each document's words, as the CRF likelihood usually is; averaged over documents). On ~300-word
             documents `"word"` makes the NER term of Eq. 24 ~300 times smaller than the pair losses, which then
             steer a pretrained encoder (the `finetune` recipe of `examples/train.py` uses `"document"`).
+        relation_threshold (`float`, defaults to 0.5): decoding: a chain pair is a relation when its probability of
+            one, 1 − p(no relation), is at least this; its type is the likeliest relation type.
+        grounding_threshold (`float`, defaults to 0.5): decoding: a grounding slot gives a box when its likeliest
+            class is a type with at least this probability. `examples/train.py` sets both to the values that
+            maximise the validation F1 of their task (`modeling_m3d.training.choose_thresholds`) and saves them
+            with the model; `M3DModel.decode` takes others per call.
         vae_kl_weight (`float`, defaults to 1e-3): weight of the VAE KL term; 0 also turns sampling off.
         dropout (`float`, defaults to 0.1): dropout of the fusion module and the heads.
         max_frames (`int`, defaults to 32): frames per clip covered by the frame position embeddings (Eq. 12).
@@ -134,6 +140,8 @@ class M3DConfig(PreTrainedConfig):
     relation_context: int = 0
     loss_weights: dict[str, float | int] | None = None
     ner_loss_normalization: Literal["word", "document"] = "word"
+    relation_threshold: float | int = 0.5
+    grounding_threshold: float | int = 0.5
     vae_kl_weight: float | int = 1e-3
     dropout: float | int = 0.1
     max_frames: int = 32
@@ -172,6 +180,9 @@ class M3DConfig(PreTrainedConfig):
             raise ValueError(
                 f"M3DConfig: `fusion_heads` ({self.fusion_heads}) must divide `latent_dim` ({self.latent_dim})."
             )
+        for name in ("relation_threshold", "grounding_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"M3DConfig: `{name}` must be in [0, 1], got {getattr(self, name)}.")
         if self.mmcm_kernel_size % 2 == 0:
             raise ValueError(f"M3DConfig: `mmcm_kernel_size` must be odd, got {self.mmcm_kernel_size}.")
 

@@ -91,14 +91,22 @@ def connected_components(adjacency: torch.Tensor, mask: torch.Tensor) -> torch.T
     return torch.where(mask, index.gather(1, root), -1)
 
 
-def decode_relations(logits: torch.Tensor, chain_mask: torch.Tensor) -> torch.Tensor:
-    """Chain pairs whose best class is a relation (it beats no-relation, class 0) → (N, 4) `[row, subject,
-    object, type]` with `type` indexing the relation types."""
-    best = logits.argmax(-1)
+def decode_relations(
+    logits: torch.Tensor, chain_mask: torch.Tensor, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chain pairs whose probability of some relation, 1 − p(no relation = class 0), is ≥ `threshold`, each with its
+    likeliest relation type.
+
+    logits (B, C, C, 1 + R), chain_mask (B, C) → pairs (N, 4) long `[row, subject, object, type]` with `type`
+    indexing the relation types, and their scores (N,), the probability of a relation.
+    """
+    probability = logits.float().softmax(-1)
+    score = 1 - probability[..., 0]
     eye = torch.eye(chain_mask.shape[1], dtype=torch.bool, device=chain_mask.device)
-    keep = (best > 0) & chain_mask[:, :, None] & chain_mask[:, None, :] & ~eye
+    keep = (score >= threshold) & chain_mask[:, :, None] & chain_mask[:, None, :] & ~eye
     rows, subjects, objects = keep.nonzero(as_tuple=True)
-    return torch.stack([rows, subjects, objects, best[rows, subjects, objects] - 1], dim=1)
+    types = probability[..., 1:].argmax(-1)[rows, subjects, objects]
+    return torch.stack([rows, subjects, objects, types], dim=1), score[keep]
 
 
 def select_grounding_slots(
@@ -164,7 +172,7 @@ def _chain_mentions(spans: torch.Tensor, chain_ids: torch.Tensor) -> list[dict[i
 
 def _relation_dicts(decoded, relation_types: Sequence[str]) -> list[list[dict]]:
     """`decoded.relations` `[row, subject, object, type]` → per row `[{"subject": mentions, "object": mentions,
-    "type", "subject_chain", "object_chain"}]`, the chains indexing the row's predicted chains."""
+    "type", "subject_chain", "object_chain", "score"}]`, the chains indexing the row's predicted chains."""
     mentions = _chain_mentions(decoded.mention_spans, decoded.relation_chain)
     predicted = first_mention_chain(decoded.relation_chain, decoded.mention_chain).tolist()
     items = [
@@ -174,8 +182,11 @@ def _relation_dicts(decoded, relation_types: Sequence[str]) -> list[list[dict]]:
             "type": relation_types[t],
             "subject_chain": predicted[row][s],
             "object_chain": predicted[row][o],
+            "score": score,
         }
-        for row, s, o, t in decoded.relations.tolist()
+        for (row, s, o, t), score in zip(
+            decoded.relations.tolist(), decoded.relation_scores.tolist(), strict=True
+        )
     ]
     return _by_row(decoded.relations[:, 0].tolist(), items, len(mentions))
 

@@ -100,6 +100,7 @@ class M3DDecoderOutput(ModelOutput):
             `entity_chain` (`"gold_pairs"`) or `mention_chain` (`"end_to_end"`).
         relations (`torch.LongTensor` of shape `(R, 4)`): `[row, subject, object, type]`, subject and object
             numbered as in `relation_chain`, `type` indexing `config.relation_types` (Eq. 17).
+        relation_scores (`torch.FloatTensor` of shape `(R,)`): their probability of a relation, 1 − p(none).
         grounding_rows, grounding_frames, grounding_types (`torch.LongTensor` of shape `(G,)`): the selected
             grounding slots' row, frame (index among the batch's frames of that row) and type.
         grounding_scores (`torch.FloatTensor` of shape `(G,)`): their type probability.
@@ -112,6 +113,7 @@ class M3DDecoderOutput(ModelOutput):
     mention_chain: torch.LongTensor | None = None
     relation_chain: torch.LongTensor | None = None
     relations: torch.LongTensor | None = None
+    relation_scores: torch.FloatTensor | None = None
     grounding_rows: torch.LongTensor | None = None
     grounding_frames: torch.LongTensor | None = None
     grounding_types: torch.LongTensor | None = None
@@ -1112,7 +1114,11 @@ class M3DModel(M3DPreTrainedModel):
 
     @torch.no_grad()
     def decode(
-        self, protocol: str = "end_to_end", grounding_threshold: float = 0.0, **batch: torch.Tensor
+        self,
+        protocol: str = "end_to_end",
+        relation_threshold: float | None = None,
+        grounding_threshold: float | None = None,
+        **batch: torch.Tensor,
     ) -> M3DDecoderOutput:
         """Decodes a batch into tensors (see [`M3DDecoderOutput`]). Encoders and fusion run once; only the pair
         heads depend on the protocol.
@@ -1124,8 +1130,10 @@ class M3DModel(M3DPreTrainedModel):
         - `"end_to_end"`: predicted entities → coreference among them (symmetric mean probability > 0.5) →
           chains as connected components → relations between the predicted chains.
 
-        Entities come from the CRF in both; grounding slots whose best class is a type with probability ≥
-        `grounding_threshold` are kept. Raises `ValueError` on an unknown protocol or, for `"gold_pairs"`, a
+        Entities come from the CRF in both. A chain pair is a relation when its probability of one is ≥
+        `relation_threshold`, and a grounding slot is kept when its best class is a type with probability ≥
+        `grounding_threshold`; None takes the config's (`config.relation_threshold`, `config.grounding_threshold`,
+        chosen on validation data by `examples/train.py`). Raises `ValueError` on an unknown protocol or, for `"gold_pairs"`, a
         batch without gold mentions and chains.
         """
         check_protocol(protocol)
@@ -1158,8 +1166,15 @@ class M3DModel(M3DPreTrainedModel):
         chains = self.relation_head(
             self.chain_features(text, word_mask, spans, mentions, entity_chain, chain_mask.shape[1])
         )
+        relations, relation_scores = decode_relations(
+            chains,
+            chain_mask.bool(),
+            self.config.relation_threshold if relation_threshold is None else relation_threshold,
+        )
         rows, frame_index, types, scores, boxes = select_grounding_slots(
-            *self.grounding_head(frames), frame_mask, grounding_threshold
+            *self.grounding_head(frames),
+            frame_mask,
+            self.config.grounding_threshold if grounding_threshold is None else grounding_threshold,
         )
         return M3DDecoderOutput(
             entities=entities,
@@ -1167,7 +1182,8 @@ class M3DModel(M3DPreTrainedModel):
             mention_mask=span_mask,
             mention_chain=components,
             relation_chain=entity_chain,
-            relations=decode_relations(chains, chain_mask.bool()),
+            relations=relations,
+            relation_scores=relation_scores,
             grounding_rows=rows,
             grounding_frames=frame_index,
             grounding_types=types,
@@ -1175,10 +1191,21 @@ class M3DModel(M3DPreTrainedModel):
             grounding_boxes=boxes,
         )
 
-    def predict(self, protocol: str = "end_to_end", grounding_threshold: float = 0.0, **batch) -> list[dict]:
+    def predict(
+        self,
+        protocol: str = "end_to_end",
+        relation_threshold: float | None = None,
+        grounding_threshold: float | None = None,
+        **batch,
+    ) -> list[dict]:
         """`decode` then the post-processing of [`M3DProcessor.post_process_extraction`], with the config's
         label sets: one document per row in the document format of `modeling_m3d.schema`."""
-        decoded = self.decode(**batch, protocol=protocol, grounding_threshold=grounding_threshold)
+        decoded = self.decode(
+            **batch,
+            protocol=protocol,
+            relation_threshold=relation_threshold,
+            grounding_threshold=grounding_threshold,
+        )
         return documents_from_decoded(
             decoded,
             batch.get("frame_indices"),

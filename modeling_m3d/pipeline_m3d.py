@@ -83,11 +83,12 @@ class M3DExtractionPipeline(Pipeline):
 
     Parameters (at construction or per call): `protocol` (`"end_to_end"`, the default: predicted entities →
     chains → relations; or `"gold_pairs"`, the paper's: chains and relations over the row's gold entities),
-    `threshold` (drop groundings scoring below it), `lang` (for inputs without one; defaults to the
+    `relation_threshold` and `grounding_threshold` (the least probability of a kept relation or grounding;
+    defaults to the model config's, chosen on validation data when it was trained), `lang` (for inputs without one; defaults to the
     processor's) and `num_frames` (frames sampled from a raw video; defaults to the processor's `max_frames`).
 
     Each clip gives `{"id", "entities": [{"start", "end", "type", "text"}], "chains": [[{"start", "end",
-    "text"}, ...]], "relations": [{"subject", "object", "type", "subject_text", "object_text"}], "groundings":
+    "text"}, ...]], "relations": [{"subject", "object", "type", "score", "subject_text", "object_text"}], "groundings":
     [{"frame", "type", "box", "score"}]}`: spans index the row's tokens (end exclusive); relation subjects and
     objects index `chains` (under the gold-pairs protocol, the predicted chain holding the gold chain's first
     mention), their texts are those chains' first mentions; grounding frames index the clip's frames and boxes
@@ -105,7 +106,15 @@ class M3DExtractionPipeline(Pipeline):
         super().save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory)
 
-    def _sanitize_parameters(self, protocol=None, threshold=None, lang=None, num_frames=None, **kwargs):
+    def _sanitize_parameters(
+        self,
+        protocol=None,
+        relation_threshold=None,
+        grounding_threshold=None,
+        lang=None,
+        num_frames=None,
+        **kwargs,
+    ):
         if kwargs:
             raise TypeError(f"M3DExtractionPipeline got unexpected parameters {sorted(kwargs)}")
         if protocol is not None and protocol not in PROTOCOLS:
@@ -117,7 +126,11 @@ class M3DExtractionPipeline(Pipeline):
         }
         forward = {
             name: value
-            for name, value in [("protocol", protocol), ("grounding_threshold", threshold)]
+            for name, value in [
+                ("protocol", protocol),
+                ("relation_threshold", relation_threshold),
+                ("grounding_threshold", grounding_threshold),
+            ]
             if value is not None
         }
         return preprocess, forward, {}
@@ -156,13 +169,9 @@ class M3DExtractionPipeline(Pipeline):
         model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
         return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
 
-    def _forward(
-        self, model_inputs: dict, protocol: str = "end_to_end", grounding_threshold: float = 0.0
-    ) -> dict:
+    def _forward(self, model_inputs: dict, protocol: str = "end_to_end", **thresholds: float) -> dict:
         rows = model_inputs.pop("rows")
-        decoded = self.model.decode(
-            **model_inputs, protocol=protocol, grounding_threshold=grounding_threshold
-        )
+        decoded = self.model.decode(**model_inputs, protocol=protocol, **thresholds)
         return {"documents": self.processor.post_process_extraction(decoded, model_inputs), "rows": rows}
 
     def postprocess(self, model_outputs: dict) -> dict:
@@ -187,6 +196,7 @@ class M3DExtractionPipeline(Pipeline):
                     "subject": relation["subject_chain"],
                     "object": relation["object_chain"],
                     "type": relation["type"],
+                    "score": relation["score"],
                     "subject_text": chains[relation["subject_chain"]][0]["text"],
                     "object_text": chains[relation["object_chain"]][0]["text"],
                 }

@@ -20,8 +20,8 @@ import numpy as np
 
 from .configuration_m3d import default_initializer_range
 from .modality import drop_modality
-from .schema import PROTOCOLS, TASK_NAMES, TASKS, reference_document
-from .scoring import m3d_scores
+from .schema import PROTOCOLS, TASK_FIELDS, TASK_NAMES, TASKS, reference_document
+from .scoring import m3d_scores, score_validated, validate_documents
 
 _CONLL = ("muc", "b3", "ceafe")
 
@@ -151,8 +151,11 @@ def full_parameters(model) -> Iterator[None]:
         yield
 
 
-def predict_split(accelerator, model, dataloader, protocol: str, progress: bool = True) -> tuple[list, list]:
-    """Decode a split with `model.predict` and gather the predictions and references of every process."""
+def predict_split(
+    accelerator, model, dataloader, protocol: str, progress: bool = True, **thresholds: float
+) -> tuple[list, list]:
+    """Decode a split with `model.predict` (`thresholds`: its `relation_threshold` and `grounding_threshold`, default
+    the config's) and gather the predictions and references of every process."""
     import torch
     from tqdm.auto import tqdm
 
@@ -164,7 +167,7 @@ def predict_split(accelerator, model, dataloader, protocol: str, progress: bool 
             dataloader, desc="eval", leave=False, disable=not (progress and accelerator.is_main_process)
         ):
             with torch.no_grad(), accelerator.autocast():
-                predicted = predictor.predict(**batch, protocol=protocol)
+                predicted = predictor.predict(**batch, protocol=protocol, **thresholds)
             predictions += accelerator.gather_for_metrics(predicted, use_gather_object=True)
             references += accelerator.gather_for_metrics(gold, use_gather_object=True)
     return predictions, references
@@ -173,6 +176,34 @@ def predict_split(accelerator, model, dataloader, protocol: str, progress: bool 
 def predict_and_score(accelerator, model, dataloader, protocol: str, progress: bool = True) -> dict:
     """`scoring.m3d_scores` of a split decoded with `predict_split`."""
     return m3d_scores(*predict_split(accelerator, model, dataloader, protocol, progress))
+
+
+# Candidate decoding thresholds (`choose_thresholds`).
+THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
+_THRESHOLDS = {"re": "relation_threshold", "grounding": "grounding_threshold"}
+
+
+def choose_thresholds(predictions: Sequence[Mapping], references: Sequence[Mapping]) -> dict[str, float]:
+    """The `M3DConfig` decoding thresholds that maximise the F1 of their task on these documents.
+
+    `predictions` must be decoded with both thresholds at 0 (every relation and grounding, with its `score`); each
+    threshold of `THRESHOLD_GRID` keeps the items scoring at least it, and the best F1 wins (ties: the threshold
+    nearest 0.5, the config's default). A task without gold items in `references` is left out, its threshold
+    unchanged. Returns e.g. `{"relation_threshold": 0.3, "grounding_threshold": 0.55}`.
+    """
+    chosen = {}
+    for task, name in _THRESHOLDS.items():
+        key = TASK_FIELDS[task]
+        gold = [reference[key] for reference in references]
+        if not any(gold):
+            continue
+
+        def f1(threshold: float, task=task, key=key, gold=gold) -> float:
+            kept = [[item for item in p[key] if item["score"] >= threshold] for p in predictions]
+            return score_validated(task, *validate_documents(task, kept, gold))["f1"]
+
+        chosen[name] = max(THRESHOLD_GRID, key=lambda t, f1=f1: (f1(t), -abs(t - 0.5)))
+    return chosen
 
 
 def parameter_groups(model, encoder_lr: float, head_lr: float, weight_decay: float = 0.0) -> list[dict]:

@@ -120,14 +120,19 @@ def test_coref_adjacency_uses_the_symmetric_mean():
     assert not coref_adjacency(logits, torch.tensor([[True, False, True]]))[0, 0, 1]
 
 
-def test_decode_relations_needs_a_relation_to_beat_no_relation():
+def test_decode_relations_keeps_pairs_likely_related_with_their_likeliest_type():
     logits = torch.zeros(1, 3, 3, 4)
-    logits[0, 0, 1] = torch.tensor([0.0, 2.0, 1.0, 0.0])  # relation type 0 wins
-    logits[0, 1, 0] = torch.tensor([3.0, 2.0, 1.0, 0.0])  # no-relation wins
+    logits[0, 0, 1] = torch.tensor([0.0, 2.0, 1.0, 0.0])  # p(none) 0.08: relation type 0
+    logits[0, 1, 0] = torch.tensor([3.0, 2.0, 1.0, 0.0])  # p(none) 0.64
     logits[0, 2, 2] = torch.tensor([0.0, 0.0, 0.0, 5.0])  # diagonal: never
     logits[0, 0, 2] = torch.tensor([0.0, 0.0, 0.0, 5.0])  # chain 2 is padding
-    relations = decode_relations(logits, torch.tensor([[True, True, False]]))
+    chains = torch.tensor([[True, True, False]])
+    relations, scores = decode_relations(logits, chains)
     assert relations.tolist() == [[0, 0, 1, 0]]
+    torch.testing.assert_close(scores, 1 - logits[0, 0, 1].softmax(-1)[:1])
+    relations, scores = decode_relations(logits, chains, threshold=0.3)
+    assert relations.tolist() == [[0, 0, 1, 0], [0, 1, 0, 0]] and 0.3 < scores[1] < 0.4
+    assert decode_relations(logits, chains, threshold=0.95)[0].shape == (0, 4)
 
 
 def test_select_grounding_slots():
@@ -266,5 +271,5 @@ def test_groundings_name_the_row_frame_after_subsampling(model_and_batch):
     batch = processor([{**rows[1], "frames": frames, "groundings": []}])
     kept = batch["frame_indices"][0].tolist()
     assert kept == [0, 3, 5, 8, 11, 14, 16, 19]
-    documents = model.predict(**batch, protocol="end_to_end")
+    documents = model.predict(**batch, protocol="end_to_end", grounding_threshold=0.0)
     assert documents[0]["groundings"] and {g["frame"] for g in documents[0]["groundings"]} <= set(kept)

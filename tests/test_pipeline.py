@@ -126,16 +126,18 @@ def test_text_with_frame_paths(extractor, media):
 
 def test_video_with_subtitles_and_threshold(extractor, media):
     clip = {"video": str(media / "video_7_3.mp4"), "subtitles": str(media / "video_7_3.srt")}
-    result = extractor(clip, num_frames=3)
-    tokens = [token for cue in read_subtitles(clip["subtitles"]) for token in tokenize_text(cue["text"], "en")]
+    result = extractor(clip, num_frames=3, grounding_threshold=0.0)
+    tokens = [
+        token for cue in read_subtitles(clip["subtitles"]) for token in tokenize_text(cue["text"], "en")
+    ]
     check_output(result, tokens, 3)
     assert result["id"] == "video_7_3" and result["groundings"]
-    assert extractor(clip, num_frames=3, threshold=1.01)["groundings"] == []
+    assert extractor(clip, num_frames=3, grounding_threshold=1.01)["groundings"] == []
 
 
 def test_grounding_frames_index_the_input_frames(extractor):
     row = annotated_row(num_frames=10)  # the processor keeps 8 of them, evenly spread: 0 1 3 4 5 6 8 9
-    frames = {g["frame"] for g in extractor(row)["groundings"]}
+    frames = {g["frame"] for g in extractor(row, grounding_threshold=0.0)["groundings"]}
     assert frames and frames <= {0, 1, 3, 4, 5, 6, 8, 9}
 
 
@@ -151,6 +153,7 @@ def test_relations_name_their_chains_and_texts(extractor):
                 "type": "PER-LOC_go_to",
                 "subject_chain": 0,
                 "object_chain": 3,
+                "score": 0.75,
             },
             {
                 "subject": [[8, 9]],
@@ -158,6 +161,7 @@ def test_relations_name_their_chains_and_texts(extractor):
                 "type": "PER-PER_peer",
                 "subject_chain": 2,
                 "object_chain": 0,
+                "score": 0.5,
             },
         ],
         "groundings": [{"frame": 9, "type": "PER", "box": [0.5, 0.5, 0.1, 0.1], "score": 0.9}],
@@ -165,15 +169,29 @@ def test_relations_name_their_chains_and_texts(extractor):
     result = extractor.postprocess({"documents": [document], "rows": [row]})
     assert [m["text"] for m in result["chains"][0]] == ["Ann", "She"]
     assert result["relations"] == [
-        {"subject": 0, "object": 3, "type": "PER-LOC_go_to", "subject_text": "Ann", "object_text": "Paris"},
-        {"subject": 2, "object": 0, "type": "PER-PER_peer", "subject_text": "him", "object_text": "Ann"},
+        {
+            "subject": 0,
+            "object": 3,
+            "type": "PER-LOC_go_to",
+            "score": 0.75,
+            "subject_text": "Ann",
+            "object_text": "Paris",
+        },
+        {
+            "subject": 2,
+            "object": 0,
+            "type": "PER-PER_peer",
+            "score": 0.5,
+            "subject_text": "him",
+            "object_text": "Ann",
+        },
     ]
     assert result["groundings"] == document["groundings"]
 
 
 def test_groundings_name_the_input_frame(extractor):
     """Ten input frames, eight kept: each grounding names its input frame, not its place among the kept ones."""
-    result = extractor(annotated_row(num_frames=10), threshold=0.0)
+    result = extractor(annotated_row(num_frames=10), grounding_threshold=0.0)
     kept = {0, 1, 3, 4, 5, 6, 8, 9}  # eight of ten, evenly (processing_m3d.subsample_indices)
     assert result["groundings"] and {g["frame"] for g in result["groundings"]} <= kept
 

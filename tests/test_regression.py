@@ -1,6 +1,8 @@
 """The refactors keep the numbers: a fixed tiny model (saved at the pre-refactor commit, two grounding poolings)
 gives the same losses and the same predictions, both protocols, on a fixed batch with a text-missing and a
-video-missing row (`regression_rows.py`)."""
+video-missing row (`regression_rows.py`). Decoded as recorded: every grounding slot whose best class is a type
+(`grounding_threshold=0`); the relations were recorded again when their rule changed from the arg-max to a
+probability of some relation ≥ 0.5 (`config.relation_threshold`)."""
 
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ def test_losses_and_predictions_are_unchanged(name):
     for recorded, field in LOSSES.items():
         assert float(getattr(output, field)) == pytest.approx(expected["losses"][recorded], abs=1e-5), field
     for protocol, documents in expected["predictions"].items():
-        predictions = model.predict(**batch, protocol=protocol)
+        predictions = model.predict(**batch, protocol=protocol, grounding_threshold=0.0)
         _close(predictions, _row_frames(documents, batch["frame_indices"]), protocol)
 
 

@@ -28,8 +28,10 @@ from modeling_m3d.schema import TASKS
 from modeling_m3d.testing import tiny_model_and_processor
 from modeling_m3d.training import (
     RECIPES,
+    THRESHOLD_GRID,
     TrainingData,
     aggregate_seeds,
+    choose_thresholds,
     describe_recipe,
     full_parameters,
     model_card,
@@ -119,6 +121,10 @@ def test_embedded_default_writes_model_results_card_and_manifest(trained):
     model = AutoModel.from_pretrained(output)
     processor = AutoProcessor.from_pretrained(output)
     assert type(model).__name__ == "M3DModel" and type(processor).__name__ == "M3DProcessor"
+    # the decoding thresholds chosen on validation, printed, stored in the results and saved with the model
+    assert "decoding thresholds chosen on validation (gold_pairs)" in result.stdout
+    for name in ("relation_threshold", "grounding_threshold"):
+        assert results[name] in THRESHOLD_GRID and getattr(model.config, name) == results[name], name
     # padded to the Longformer's attention window by the processor, so the encoder does not pad and warn
     assert processor.pad_to_multiple_of == max(model.config.text_config.attention_window)
 
@@ -301,6 +307,25 @@ def test_recipes_name_the_papers_settings_and_flags_override_them():
         "loss_weights": {"coref": 10.0, "re": 10.0},
         "relation_context": 2,
     }
+
+
+def test_thresholds_maximise_the_validation_f1_of_their_task():
+    peer = {"subject": [[0, 1]], "object": [[2, 3]], "type": "PER-PER_peer"}
+    wrong = {"subject": [[2, 3]], "object": [[0, 1]], "type": "PER-LOC_go_to"}
+    box = {"frame": 0, "type": "PER", "box": [0.5, 0.5, 0.2, 0.2]}
+    references = [{"relations": [peer], "groundings": []}, {"relations": [], "groundings": []}]
+    predictions = [
+        {
+            "relations": [{**peer, "score": 0.8}, {**wrong, "score": 0.6}],
+            "groundings": [{**box, "score": 0.9}],
+        },
+        {"relations": [{**wrong, "score": 0.3}], "groundings": []},
+    ]
+    # F1 is 1 for thresholds in (0.6, 0.8]: the one nearest the default 0.5 wins; no gold box, no grounding choice
+    assert choose_thresholds(predictions, references) == {"relation_threshold": 0.65}
+    references[1]["groundings"] = [box]
+    predictions[1]["groundings"] = [{**box, "score": 0.2}, {**box, "box": [0.1, 0.1, 0.1, 0.1], "score": 0.7}]
+    assert choose_thresholds(predictions, references)["grounding_threshold"] == 0.2
 
 
 def test_seed_aggregation_and_model_card():
