@@ -8,15 +8,16 @@ clips = ingest_video("talk.mp4", "talk.srt", lang="en")  # list of Clip, frames 
 write_release(clips, "out", lang="en", split="test")  # out/data/en/test_en.json and out/img/<clip id>/
 ```
 
-Clip `k` (from 0) of video `V` is `V_k`. Subtitle times in a clip are seconds from the clip's start; a clip
-starts where its first line starts (the first clip at the video's start) and ends where the next starts
-(the last at the video's end).
+Clip `k` (from 0) of video `V` is `V_k`. Subtitle times in a clip are seconds from the clip's start. Clips
+follow each other from the video's start to its end; each lasts at most the maximum clip length (but a single
+line longer than that), a long silent stretch making clips without lines (`split_into_clips`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -51,27 +52,75 @@ class Clip:
     frame_numbers: list[int] = field(default_factory=list)
 
 
+Span = tuple[float, float, list[dict]]  # (clip start, clip end, its cues); seconds of the whole video
+
+
 def split_into_clips(
     cues: Sequence[dict], start: float, end: float, min_clip: float, max_clip: float
-) -> list[tuple[float, float, list[dict]]]:
-    """Cut `[start, end)` into `(clip start, clip end, cues)` between subtitle lines (cues in time order).
+) -> list[Span]:
+    """Cut `[start, end)` (seconds) into contiguous `(clip start, clip end, cues)` between subtitle lines (cues
+    in time order).
 
     A cut goes before a line once the clip so far lasts `min_clip` seconds and the rest of the video would not
     fit in it (no short last clip), or when taking the line in would make the clip last over `max_clip`; so a
-    line longer than `max_clip` is a clip of its own.
+    line longer than `max_clip` is a clip of its own. No other clip lasts over `max_clip`: a clip ends where
+    the next line starts, or `max_clip` after its own start when that line is farther. The silence left before
+    the next line opens that line's clip when it is shorter than `min_clip` (and the line still ends within
+    `max_clip`); otherwise it becomes clips without lines, of equal lengths up to `max_clip`. So a clip never
+    spans a long silent stretch, at the start, in the middle or at the end of the video.
     """
     if not 0 < min_clip <= max_clip:
         raise ValueError(f"clip lengths must satisfy 0 < min_clip <= max_clip, got {min_clip} and {max_clip}")
-    bounds, groups = [start], [[]]
+    clips: list[Span] = []
+    clip_start, group = start, []
     for cue in cues:
-        clip_start, group = bounds[-1], groups[-1]
-        long_enough = cue["start_time"] - clip_start >= min_clip and end - clip_start > max_clip
-        if group and (long_enough or cue["end_time"] - clip_start > max_clip):
-            bounds.append(max(cue["start_time"], clip_start))
-            groups.append([])
-        groups[-1].append(cue)
-    bounds.append(end)
-    return [(bounds[k], bounds[k + 1], group) for k, group in enumerate(groups)]
+        if group and _cut_before(cue, clip_start, end, min_clip, max_clip):
+            clip_start, group = _close(clips, clip_start, group, cue["start_time"], max_clip), []
+        if not group:
+            clip_start = _lead_in(clips, clip_start, cue, min_clip, max_clip)
+        group.append(cue)
+    if group:
+        clip_start = _close(clips, clip_start, group, end, max_clip)
+    clips.extend(_silent_clips(clip_start, end, max_clip))
+    return clips
+
+
+def _cut_before(cue: dict, clip_start: float, end: float, min_clip: float, max_clip: float) -> bool:
+    """Whether `cue` opens a new clip: the clip so far lasts `min_clip` and the rest of the video (ending at
+    `end`) would not fit in it, or the cue would end over `max_clip` seconds after the clip's start."""
+    long_enough = cue["start_time"] - clip_start >= min_clip and end - clip_start > max_clip
+    return long_enough or cue["end_time"] - clip_start > max_clip
+
+
+def _close(
+    clips: list[Span], clip_start: float, group: list[dict], next_start: float, max_clip: float
+) -> float:
+    """Append the clip of `group`: it ends at `next_start` (the next line's start, or the video's end), or
+    `max_clip` seconds after its start when that comes first (never before its last line ends). Its end."""
+    last_end = max(cue["end_time"] for cue in group)
+    clip_end = min(next_start, max(last_end, clip_start + max_clip))
+    clips.append((clip_start, clip_end, group))
+    return clip_end
+
+
+def _lead_in(clips: list[Span], clip_start: float, cue: dict, min_clip: float, max_clip: float) -> float:
+    """Where the clip opening with `cue` starts: at `clip_start` when the silence before the cue is shorter
+    than `min_clip` seconds and the cue ends within `max_clip` of it; else at the cue, the silence becoming
+    clips without lines."""
+    silence = cue["start_time"] - clip_start
+    if silence < min_clip and cue["end_time"] - clip_start <= max_clip:
+        return clip_start
+    clips.extend(_silent_clips(clip_start, cue["start_time"], max_clip))
+    return cue["start_time"]
+
+
+def _silent_clips(start: float, end: float, max_clip: float) -> list[Span]:
+    """`[start, end)` (seconds) as clips without lines of equal lengths, none over `max_clip` (none if empty)."""
+    if end <= start:
+        return []
+    count = math.ceil((end - start) / max_clip - 1e-9)
+    bounds = [start + (end - start) * k / count for k in range(count)] + [end]
+    return [(bounds[k], bounds[k + 1], []) for k in range(count)]
 
 
 def clip_cues_to_video(cues: list[dict], info: VideoInfo, source: str) -> list[dict]:

@@ -3,8 +3,10 @@ release folder (loaded back through the `M3D` builder), the CLI and its errors."
 
 import json
 import logging
+import random
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,53 @@ def test_a_line_longer_than_the_maximum_is_its_own_clip():
     ]
 
 
+def test_a_long_silence_is_cut_off_into_clips_without_lines():
+    lines = [cue(0, 5), cue(10, 15), cue(415, 420), cue(425, 430)]  # 400 s without a line in the middle
+    clips = split_into_clips(lines, 0.0, 500.0, min_clip=60, max_clip=120)
+    spans = [(start, end, len(group)) for start, end, group in clips]
+    cut = [120 + 295 * k / 3 for k in range(4)]  # the silence left: three clips without lines, equal lengths
+    # the first clip stops max_clip after its start, not at the next line (415 s)
+    assert spans == [(0, 120, 2), *((pytest.approx(a), pytest.approx(b), 0) for a, b in pairwise(cut)),
+                     (415, 500, 2)]  # fmt: skip
+
+
+def test_silence_at_the_start_and_end_and_a_short_one_taken_in():
+    # a 200 s intro without lines, then two lines 120 s apart, then 150 s without lines to the end
+    lines = [cue(200, 205), cue(325, 330)]
+    clips = split_into_clips(lines, 0.0, 480.0, min_clip=60, max_clip=120)
+    assert [(start, end, len(group)) for start, end, group in clips] == [
+        (0, 100, 0),
+        (100, 200, 0),
+        (200, 320, 1),
+        (320, 440, 1),  # the 5 s of silence before its line (shorter than min_clip) open this clip
+        (440, 480, 0),
+    ]
+    assert split_into_clips([], 0.0, 250.0, 60, 120) == [(0, pytest.approx(250 / 3), []),
+                                                         (pytest.approx(250 / 3), pytest.approx(500 / 3), []),
+                                                         (pytest.approx(500 / 3), 250, [])]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_no_clip_outlasts_the_maximum_but_a_single_long_line(seed):
+    rng = random.Random(seed)
+    lines, time = [], rng.uniform(0, 200)
+    for _ in range(rng.randrange(0, 40)):
+        length = rng.choice([rng.uniform(0.5, 8), rng.uniform(100, 200)]) if rng.random() < 0.1 else 3
+        lines.append(cue(time, time + length))
+        time += length + rng.choice([0.2, 1, 30, 90, 150, 400])
+    end = time + rng.uniform(0, 300)
+    clips = split_into_clips(lines, 0.0, end, min_clip=60, max_clip=120)
+    assert clips[0][0] == 0 and clips[-1][1] == end
+    assert all(a[1] == b[0] for a, b in pairwise(clips))  # contiguous
+    assert [line for _, _, group in clips for line in group] == lines  # every line once, in order
+    for start, end_, group in clips:
+        assert start < end_
+        long_line = len(group) == 1 and group[0]["end_time"] - group[0]["start_time"] > 120
+        assert end_ - start <= 120 + 1e-9 or (long_line and (start, end_) == (group[0]["start_time"],
+                                                                              group[0]["end_time"]))  # fmt: skip
+        assert all(start <= line["start_time"] and line["end_time"] <= end_ + 1e-9 for line in group)
+
+
 @pytest.fixture(scope="module")
 def talk(tmp_path_factory):
     """A 30 s grey-level video at 10 fps and its subtitles (a 2 s line every 3 s, the last past the end)."""
@@ -106,6 +155,21 @@ def test_release_folder_loads_through_the_builder(talk, tmp_path):
     assert [s["start_time"] for s in row["subtitles"]] == [0, 3, 6, 9]
     assert row["subtitles"][-1]["end_time"] == pytest.approx(11.0)
     assert len(row["frames"]) == 12 and max(row["frames"][0].size) == 64
+
+
+def test_clips_without_lines_keep_their_frames_and_load_with_text_missing(talk, tmp_path):
+    video, _ = talk
+    subtitles = tmp_path / "gap.srt"
+    subtitles.write_text(srt([(0, 2, "Anna spoke."), (25, 27, "Then again.")]), encoding="utf-8")
+    clips = ingest_video(video, subtitles, "en", video_id="gap", frame_step=10, min_clip=4, max_clip=8)
+    assert [(round(c.start, 2), round(c.end, 2), len(c.cues)) for c in clips] == [
+        (0, 8, 1), (8, 13.67, 0), (13.67, 19.33, 0), (19.33, 25, 0), (25, 30, 1)]  # fmt: skip
+    assert [len(clip.frames) for clip in clips] == [8, 6, 6, 5, 5]  # one a second, each in its clip
+    assert all(c.start <= t < c.end for c in clips for t in c.frame_times)
+    write_release(clips, tmp_path / "out", "en")
+    rows = load_release(tmp_path / "out", "en")
+    assert rows["id"] == [f"gap_{k}" for k in range(5)]
+    assert rows[1]["tokens"] == [] and rows[1]["subtitles"] == [] and len(rows[1]["frames"]) == 6
 
 
 def test_zh_clips_and_a_second_video_in_the_same_folder(talk, tmp_path):
