@@ -221,9 +221,13 @@ class _open_video:
 
 
 def _frame_rate(stream: av.VideoStream, path: Path) -> float:
+    """Frames per second of the stream: its average rate, else FFmpeg's guess, else its base rate."""
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate or not float(rate) > 0:
-        raise ValueError(f"{path}: video stream {stream.index} has no frame rate")
+        raise ValueError(
+            f"{path}: video stream {stream.index} ({stream.codec_context.name}) has no frame rate (no average, "
+            "guessed or base rate in the file); remux it with one, e.g. `ffmpeg -i IN -r 25 OUT.mp4`"
+        )
     return float(rate)
 
 

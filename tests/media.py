@@ -83,3 +83,18 @@ def write_variable_rate_clip(path: Path) -> tuple[Path, list[float]]:
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path, [stamp / 1000 for stamp in stamps_ms]
+
+
+def write_rateless_clip(path: Path) -> Path:
+    """An MP4 holding one Motion-JPEG frame written without a frame rate (as a still-image 'video'): its stream
+    has no average, guessed or base rate."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg")
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuvj420p"
+        stream.codec_context.framerate = Fraction(0, 1)
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), dtype=np.uint8), format="rgb24")
+        frame.pts, frame.time_base = 0, Fraction(1, 1000)
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

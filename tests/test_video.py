@@ -4,9 +4,10 @@ sampled with PyAV (on-screen frame at a time, rotation, the video stream's own e
 import json
 import logging
 
+import av
 import numpy as np
 import pytest
-from media import frame_level, write_grey_clip, write_rotated_clip
+from media import frame_level, write_grey_clip, write_rateless_clip, write_rotated_clip
 from PIL import Image
 
 from modeling_m3d.benchmark_video_m3d import frames_kept_per_second, write_test_video
@@ -180,6 +181,17 @@ def test_bad_videos_name_the_file_and_stream(tmp_path):
         _write_tone(container, container.add_stream("aac", rate=16000), 1.0)
     with pytest.raises(ValueError, match=r"audio_only\.mkv: no video stream"):
         probe_video(audio_only)
+
+
+def test_a_stream_without_frame_rate_names_the_file_and_stream(tmp_path):
+    path = write_rateless_clip(tmp_path / "still.mp4")
+    with av.open(str(path)) as container:  # the file really lacks every rate FFmpeg knows of
+        stream = container.streams.video[0]
+        assert (stream.average_rate, stream.guessed_rate, stream.base_rate) == (None, None, None)
+    with pytest.raises(ValueError, match=r"still\.mp4: video stream 0 \(mjpeg\) has no frame rate"):
+        probe_video(path)
+    with pytest.raises(ValueError, match=r"still\.mp4: video stream 0 \(mjpeg\) has no frame rate"):
+        sample_frames(path, num_frames=2)
 
 
 def test_video_to_row_builds_an_unannotated_schema_row(clip, tmp_path):
