@@ -6,23 +6,25 @@
         --video_summary talk.summary.json --html talk.html
     python examples/predict.py --model outputs/m3d-tiny --video talk.mp4 --asr_model openai/whisper-small
 
-Each line of --input is one clip: a schema row (`modeling_m3d.schema`, `frames` as image paths), `{"text": ...,
-"frames": [paths]}`, or `{"video": path, "subtitles": path}`; relative paths are read from the folder of the
-input file. Output lines are `{"id", "entities", "chains", "relations", "groundings"}` (see
-`modeling_m3d.pipeline_m3d.M3DExtractionPipeline`). With --html, the clips and their extractions are also
-written as one self-contained HTML page (`modeling_m3d.rendering_m3d`; the clips are then kept in memory).
+Each line of --input is one clip, a schema row (`modeling_m3d.schema`, `frames` as image paths) or `{"text":
+..., "frames": [paths]}`, or one whole video, `{"video": path, "subtitles": path?, "video_id": str?}`; relative
+paths are read from the folder of the input file. A clip gives one output line `{"id", "entities", "chains",
+"relations", "groundings"}` (see `modeling_m3d.pipeline_m3d.M3DExtractionPipeline`), a video one line per clip
+as --video does. With --html, the clips and their extractions are also written as one self-contained HTML page
+(`modeling_m3d.rendering_m3d`; the clips are then kept in memory).
 
-A whole --video is cut into clips in memory (`modeling_m3d.ingest_m3d.ingest_video`: between subtitle lines,
-one frame every --frame_step frames; speech transcribed with --asr_model when there are no subtitles), and
-each clip's line is time-anchored (`modeling_m3d.timeline_m3d.clip_result`): its document and tokens, every
-mention with its text, character offsets and subtitle time, chains with ids and types, groundings with their
-frame's time in seconds. --video_summary writes the whole video's chains, relations and groundings.
+A whole --video is cut into clips in memory as the pipeline does for a `{"video"}` input
+(`modeling_m3d.timeline_m3d.extract_video`: between subtitle lines, one frame every --frame_step frames; speech
+transcribed with --asr_model when there are no subtitles), and each clip's line is time-anchored
+(`modeling_m3d.timeline_m3d.clip_result`): its document and tokens, every mention with its text, character
+offsets and subtitle time, chains with ids and types, groundings with their frame's time in seconds.
+--video_summary writes the whole video's chains, relations and groundings.
 
 Many inputs across processes (each takes every n-th input and writes its own part in `<output>.parts/`; the
 main process merges them in input order; a rerun skips the inputs already done):
 
-    accelerate launch [--multi_gpu --num_processes 2] examples/predict.py --model outputs/m3d-tiny --input videos.jsonl --cut_videos \
-        --output predictions.jsonl
+    accelerate launch [--multi_gpu --num_processes 2] examples/predict.py --model outputs/m3d-tiny \
+        --input videos.jsonl --output predictions.jsonl
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +43,11 @@ from accelerate import PartialState
 from transformers import pipeline
 
 import modeling_m3d  # noqa: F401  (registers the Auto classes and the pipeline)
-from modeling_m3d.ingest_m3d import FRAME_STEP, MAX_CLIP_SECONDS, MIN_CLIP_SECONDS, clip_to_row, ingest_video
-from modeling_m3d.pipeline_m3d import M3DExtractionPipeline, to_schema_row
+from modeling_m3d.ingest_m3d import FRAME_STEP, MAX_CLIP_SECONDS, MIN_CLIP_SECONDS
+from modeling_m3d.pipeline_m3d import M3DExtractionPipeline, is_video_input, to_schema_row
 from modeling_m3d.rendering_m3d import M3DRendering, save_page
 from modeling_m3d.schema import LANGUAGES, PROTOCOLS
-from modeling_m3d.timeline_m3d import clip_result, video_summary
+from modeling_m3d.timeline_m3d import VideoExtraction
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,11 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frame_step", type=int, default=FRAME_STEP, help="Keep one frame in this many.")
     parser.add_argument("--min_clip", type=float, default=MIN_CLIP_SECONDS, help="Seconds.")
     parser.add_argument("--max_clip", type=float, default=MAX_CLIP_SECONDS, help="Seconds.")
-    parser.add_argument(
-        "--cut_videos",
-        action="store_true",
-        help="Each --input line is a whole video ({'video', 'subtitles'?, 'video_id'?}) cut into clips.",
-    )
     parser.add_argument("--output", type=Path, help="Where to write the JSON lines (default: stdout).")
     parser.add_argument("--html", type=Path, help="Also write the extractions as an HTML page here.")
     parser.add_argument(
@@ -86,9 +83,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--lang", choices=LANGUAGES, help="Language of inputs without one (default: the processor's)."
     )
-    parser.add_argument(
-        "--num_frames", type=int, help="Frames sampled per video (default: the processor's max_frames)."
-    )
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument(
         "--device", default=None, help="'cpu', 'cuda', 'cuda:1', ... (default: first GPU if any)."
@@ -97,8 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     video_only = ("subtitles", "video_summary", "video_id")
     if args.video is None and any(getattr(args, name) is not None for name in video_only):
         parser.error(f"--{'/--'.join(video_only)} go with --video")
-    if args.cut_videos and args.input is None:
-        parser.error("--cut_videos goes with --input")
+    if args.html is not None and args.input is not None and args.output is not None:
+        parser.error("--html goes with --video, or with --input without --output (results on stdout)")
     if args.subtitles is not None and args.asr_model is not None:
         parser.error("give --subtitles or --asr_model, not both")
     return args
@@ -144,17 +138,52 @@ def read_input(path: Path) -> list[InputLine]:
     return lines
 
 
-def read_clips(path: Path, lang: str, num_frames: int) -> Iterator[dict]:
-    """Schema rows of the clips in a JSON Lines file, built lazily; a bad line stops with its line number."""
-    for line in read_input(path):
-        yield _schema_row(line, path, lang, num_frames)
+@dataclass
+class Prediction:
+    """What one input gives: its output lines, and for --html the (schema row, extraction, frame times in
+    seconds or None) of each of its clips."""
+
+    lines: list[dict]
+    views: list[tuple[dict, dict, list[float] | None]]
+
+    @classmethod
+    def of_video(cls, video: VideoExtraction) -> Prediction:
+        views = zip(video.rows, video.extractions, [clip.frame_times for clip in video.clips], strict=True)
+        return cls(video.clip_results, list(views))
 
 
-def _schema_row(line: InputLine, path: Path, lang: str, num_frames: int) -> dict:
+def _schema_row(line: InputLine, path: Path, lang: str) -> dict:
     try:
-        return to_schema_row(line.record, lang, num_frames)
+        return to_schema_row(line.record, lang)
     except (ValueError, OSError) as err:
         raise SystemExit(f"{path}: line {line.number}: {err}") from err
+
+
+def predict_lines(
+    extractor: M3DExtractionPipeline, args: argparse.Namespace, batch: list[InputLine], lang: str
+) -> list[Prediction]:
+    """The predictions of a batch of --input lines: its clips in one pipeline call, each video on its own."""
+    clips = [_schema_row(line, args.input, lang) for line in batch if not is_video_input(line.record)]
+    outputs = iter(extractor(clips, batch_size=args.batch_size) if clips else [])
+    rows = iter(clips)
+    predictions = []
+    for line in batch:
+        if is_video_input(line.record):
+            video = predict_video(extractor, args, line.record, f"{args.input}: line {line.number}: ")
+            predictions.append(Prediction.of_video(video))
+        else:
+            row, output = next(rows), next(outputs)
+            predictions.append(Prediction([output], [(row, output, None)]))
+    return predictions
+
+
+def _predict_input(
+    extractor: M3DExtractionPipeline, args: argparse.Namespace, lang: str
+) -> Iterator[Prediction]:
+    """The predictions of all --input lines, in order, --batch_size lines at a time."""
+    lines = read_input(args.input)
+    for start in range(0, len(lines), args.batch_size):
+        yield from predict_lines(extractor, args, lines[start : start + args.batch_size], lang)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,76 +200,58 @@ def main(argv: list[str] | None = None) -> None:
         protocol=args.protocol,
         relation_threshold=args.relation_threshold,
         grounding_threshold=args.grounding_threshold,
+        lang=args.lang,
+        frame_step=args.frame_step,
+        min_clip=args.min_clip,
+        max_clip=args.max_clip,
+        asr_model=args.asr_model,
     )
-    processor = extractor.processor
-    lang, num_frames = args.lang or processor.lang, args.num_frames or processor.max_frames or 8
+    lang = args.lang or extractor.processor.lang
     if args.input is not None and args.output is not None:
-        predict_in_parts(state, extractor, args, lang, num_frames)
+        predict_in_parts(state, extractor, args, lang)
         return
     if args.input is not None:
-        rows = read_clips(args.input, lang, num_frames)
-        if args.html is not None:
-            rows = list(rows)  # rendered with their results at the end
-        outputs = results = extractor(rows, batch_size=args.batch_size)
+        predictions = _predict_input(extractor, args, lang)
     else:
-        rows, outputs, results = predict_video(
-            extractor, args, args.video, args.subtitles, args.video_id, lang
-        )
+        record = {"video": args.video, "subtitles": args.subtitles, "video_id": args.video_id}
+        video = predict_video(extractor, args, record, "")
+        predictions = [Prediction.of_video(video)]
         if args.video_summary is not None:
-            summary = json.dumps(video_summary(results, str(args.video)), ensure_ascii=False, indent=1)
+            summary = json.dumps(video.summary(), ensure_ascii=False, indent=1)
             args.video_summary.write_text(summary + "\n", encoding="utf-8")
-    if args.html is not None:
-        outputs = list(outputs)
+    _write(predictions, args)
+
+
+def _write(predictions: Iterable[Prediction], args: argparse.Namespace) -> None:
+    """The output lines to --output (or stdout) as they come; then, with --html, the page of all clips."""
+    views = []
     output = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
     try:
-        for result in results:
-            output.write(json.dumps(result, ensure_ascii=False) + "\n")
+        for prediction in predictions:
+            output.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in prediction.lines)
+            if args.html is not None:
+                views.extend(prediction.views)
     finally:
         if output is not sys.stdout:
             output.close()
     if args.html is not None:
-        save_page([M3DRendering(row, out) for row, out in zip(rows, outputs, strict=True)], args.html)
+        save_page([M3DRendering(row, out, times) for row, out, times in views], args.html)
 
 
 def predict_video(
-    extractor: M3DExtractionPipeline,
-    args: argparse.Namespace,
-    video: Path,
-    subtitles: Path | None,
-    video_id: str | None,
-    lang: str,
-) -> tuple[list[dict], list[dict], list[dict]]:
-    """A whole video cut into clips in memory: each clip's schema row, its pipeline output and its time-anchored
-    result."""
+    extractor: M3DExtractionPipeline, args: argparse.Namespace, record: dict, where: str
+) -> VideoExtraction:
+    """A whole video (`{"video", "subtitles"?, "video_id"?}`) through the pipeline's `video_extraction`: its
+    clips cut in memory, their rows, pipeline outputs and time-anchored results. Bad input stops the script
+    with the error, after `where` (the input line)."""
     try:
-        clips = ingest_video(
-            video,
-            subtitles,
-            lang=lang,
-            video_id=video_id,
-            frame_step=args.frame_step,
-            min_clip=args.min_clip,
-            max_clip=args.max_clip,
-            asr_model=args.asr_model,
-        )
+        return extractor.video_extraction(record, batch_size=args.batch_size)
     except (ValueError, OSError) as err:
-        raise SystemExit(str(err)) from err
-    video_id = video_id or Path(video).stem
-    rows = [clip_to_row(clip, lang) for clip in clips]
-    outputs = list(extractor(rows, batch_size=args.batch_size))
-    return (
-        rows,
-        outputs,
-        [clip_result(*triple, video_id) for triple in zip(clips, rows, outputs, strict=True)],
-    )
+        raise SystemExit(f"{where}{err}") from err
 
 
 def predict_in_parts(
-    state: PartialState,
-    extractor: M3DExtractionPipeline,
-    args: argparse.Namespace,
-    lang: str,
-    num_frames: int,
+    state: PartialState, extractor: M3DExtractionPipeline, args: argparse.Namespace, lang: str
 ) -> None:
     """--input to --output across processes (`accelerate launch`): each process takes every n-th input not
     done yet and appends its results to its own part file in `<output>.parts/`; the main process then merges
@@ -260,38 +271,13 @@ def predict_in_parts(
         part.write("\n" if cut_off else "")  # a line cut off by a killed run stays apart from the new ones
         for start in range(0, len(todo), args.batch_size):
             batch = todo[start : start + args.batch_size]
-            for line, results in zip(
-                batch, _predict_lines(extractor, args, batch, lang, num_frames), strict=True
-            ):
-                entry = {"input": line.number, "digest": line.digest, "results": results}
+            for line, prediction in zip(batch, predict_lines(extractor, args, batch, lang), strict=True):
+                entry = {"input": line.number, "digest": line.digest, "results": prediction.lines}
                 part.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 part.flush()
     state.wait_for_everyone()
     if state.is_main_process:
         _merge(parts, lines, args.output)
-
-
-def _predict_lines(
-    extractor: M3DExtractionPipeline,
-    args: argparse.Namespace,
-    batch: list[InputLine],
-    lang: str,
-    num_frames: int,
-) -> list[list[dict]]:
-    """The results of each input: one per clip line, one per clip of each video under --cut_videos."""
-    if not args.cut_videos:
-        rows = [_schema_row(line, args.input, lang, num_frames) for line in batch]
-        return [[result] for result in extractor(rows, batch_size=args.batch_size)]
-    results = []
-    for line in batch:
-        record = line.record
-        if not isinstance(record.get("video"), str):
-            raise SystemExit(f"{args.input}: line {line.number}: --cut_videos needs a 'video' path")
-        video_id = record.get("video_id") or record.get("id")
-        results.append(
-            predict_video(extractor, args, record["video"], record.get("subtitles"), video_id, lang)[2]
-        )
-    return results
 
 
 def _read_parts(parts: Path) -> dict[tuple[int, str], list[dict]]:

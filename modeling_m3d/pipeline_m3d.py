@@ -1,11 +1,13 @@
-"""The `"m3d-extraction"` pipeline: clips in, entities, chains, relations and groundings out (JSON-ready).
+"""The `"m3d-extraction"` pipeline: clips or whole videos in, entities, chains, relations and groundings out
+(JSON-ready).
 
 ```python
 import modeling_m3d  # registers the Auto classes and this pipeline
 from transformers import pipeline
 
 extractor = pipeline("m3d-extraction", model="path/to/m3d-model")
-extractor({"video": "clip.mp4", "subtitles": "clip.srt"})  # a raw clip
+extractor({"video": "talk.mp4", "subtitles": "talk.srt"})  # a whole video: clips between subtitle lines
+extractor({"video": "talk.mp4"}, asr_model="openai/whisper-small")  # no subtitles: speech transcribed
 extractor({"text": "Peter's father, Patrick ...", "frames": ["f0.jpg", "f1.jpg"]})  # text and frames
 extractor(dataset["test"][0], protocol="gold_pairs")  # a schema row (`modeling_m3d.schema`)
 extractor(rows, batch_size=8, threshold=0.5)  # many clips, confident groundings only
@@ -29,9 +31,16 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from .schema import PROTOCOLS, tokenize_text
-from .video_m3d import unannotated_row, video_to_row
+from .timeline_m3d import VideoExtraction, extract_video
+from .video_m3d import unannotated_row
 
 ANNOTATION_FIELDS = ("entities", "chains", "relations", "groundings")
+VIDEO_PARAMETERS = ("frame_step", "min_clip", "max_clip", "asr_model")  # how whole videos are cut into clips
+
+
+def is_video_input(inputs: Any) -> bool:
+    """Whether a pipeline input is a whole video (`{"video": path, "subtitles": path?, ...}`)."""
+    return isinstance(inputs, Mapping) and "video" in inputs
 
 
 def _open_image(frame: Any, where: str) -> Image.Image | Mapping:
@@ -46,25 +55,23 @@ def _open_image(frame: Any, where: str) -> Image.Image | Mapping:
         raise ValueError(f"{where}: cannot read {frame!r} as an image ({err})") from err
 
 
-def to_schema_row(inputs: Mapping, lang: str = "en", num_frames: int = 8) -> dict:
-    """Turn one pipeline input into a schema row (`modeling_m3d.schema`).
+def to_schema_row(inputs: Mapping, lang: str = "en") -> dict:
+    """Turn one clip input into a schema row (`modeling_m3d.schema`).
 
     Accepted inputs: a schema row (has `tokens`); `{"text": str, "frames": [paths or PIL images]}` (text
-    tokenised like the release); `{"video": path, "subtitles": path}` (frames sampled with
-    `video_m3d.sample_frames`). An input's own `lang` and `id` win over the defaults.
+    tokenised like the release). An input's own `lang` and `id` win over the defaults. A whole video is
+    no clip: the pipeline cuts it into clips itself (`M3DExtractionPipeline.video_extraction`).
     """
     if not isinstance(inputs, Mapping):
-        raise ValueError(
-            "expected a schema row, {'text', 'frames'} or {'video', 'subtitles'}; "
-            f"got {type(inputs).__name__}"
-        )
+        raise ValueError(f"expected a schema row or {{'text', 'frames'}}; got {type(inputs).__name__}")
     lang = inputs.get("lang") or lang
     clip_id = inputs.get("id")
-    if "video" in inputs:
-        return video_to_row(
-            inputs["video"], inputs.get("subtitles"), lang=lang, num_frames=num_frames, video_id=clip_id
-        )
     where = f"input {clip_id!r}" if clip_id is not None else "input"
+    if is_video_input(inputs):
+        raise ValueError(
+            f"{where}: a whole video ({{'video': {inputs['video']!r}}}) among clips or in a stream; pass a video, "
+            "or a list of videos, to the pipeline on its own"
+        )
     frames = [
         _open_image(frame, f"{where}: field 'frames'[{j}]")
         for j, frame in enumerate(inputs.get("frames") or [])
@@ -79,13 +86,25 @@ def to_schema_row(inputs: Mapping, lang: str = "en", num_frames: int = 8) -> dic
 
 
 class M3DExtractionPipeline(Pipeline):
-    """Grounded multimodal information extraction (M³D, Section V) over clips: subtitles plus frames.
+    """Grounded multimodal information extraction (M³D, Section V) over clips (subtitles plus frames) or whole
+    videos.
 
     Parameters (at construction or per call): `protocol` (`"end_to_end"`, the default: predicted entities →
     chains → relations; or `"gold_pairs"`, the paper's: chains and relations over the row's gold entities),
     `relation_threshold` and `grounding_threshold` (the least probability of a kept relation or grounding;
     defaults to the model config's, chosen on validation data when it was trained), `lang` (for inputs without one; defaults to the
-    processor's) and `num_frames` (frames sampled from a raw video; defaults to the processor's `max_frames`).
+    processor's); for whole videos, `frame_step` (one frame kept in this many; 24), `min_clip` and `max_clip`
+    (clip lengths in seconds; 60 and 120) and `asr_model` (a Whisper-family checkpoint transcribing videos
+    without subtitles).
+
+    A whole video, `{"video": path, "subtitles": path?, "video_id": str?}` (or a list of them), is handled as
+    `examples/predict.py --video` does (`timeline_m3d.extract_video`): cut into clips between subtitle lines
+    (`ingest_m3d.ingest_video`, the paper's Steps 2-4), each clip run as below, and the results anchored in
+    the video's time. It gives `timeline_m3d.video_summary`'s record with each clip's whole record under
+    `"clips"`: `{"video", "video_id", "clips": [{"id", "start_time", "end_time", "document", "tokens",
+    "entities", "chains", "relations", "groundings", ...}], "chains", "relations", "groundings", "box_format"}`,
+    times in seconds from the video's start (`timeline_m3d.clip_result`). `video_extraction` also returns the
+    clips' rows and frames.
 
     Each clip gives `{"id", "entities": [{"start", "end", "type", "text"}], "chains": [[{"start", "end",
     "text"}, ...]], "relations": [{"subject", "object", "type", "score", "subject_text", "object_text"}], "groundings":
@@ -112,16 +131,16 @@ class M3DExtractionPipeline(Pipeline):
         relation_threshold=None,
         grounding_threshold=None,
         lang=None,
-        num_frames=None,
         **kwargs,
     ):
+        video = {name: kwargs.pop(name) for name in VIDEO_PARAMETERS if name in kwargs}
         if kwargs:
             raise TypeError(f"M3DExtractionPipeline got unexpected parameters {sorted(kwargs)}")
         if protocol is not None and protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         preprocess = {
             name: value
-            for name, value in [("protocol", protocol), ("lang", lang), ("num_frames", num_frames)]
+            for name, value in [("protocol", protocol), ("lang", lang), *video.items()]
             if value is not None
         }
         forward = {
@@ -135,10 +154,38 @@ class M3DExtractionPipeline(Pipeline):
         }
         return preprocess, forward, {}
 
-    def _to_row(self, inputs: Mapping, lang: str | None = None, num_frames: int | None = None) -> dict:
-        return to_schema_row(
-            inputs, lang or self.processor.lang, num_frames or self.processor.max_frames or 8
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """Clips as any pipeline runs its inputs; a whole video, or a list of videos, through `video_extraction`
+        (one video-level record each)."""
+        if is_video_input(inputs):
+            return self.video_extraction(inputs, **kwargs).to_json()
+        if isinstance(inputs, list) and inputs and all(map(is_video_input, inputs)):
+            return [self.video_extraction(video, **kwargs).to_json() for video in inputs]
+        return super().__call__(inputs, *args, **kwargs)
+
+    def video_extraction(self, inputs: Mapping, **kwargs: Any) -> VideoExtraction:
+        """A whole video (`{"video", "subtitles"?, "video_id"?, "lang"?}`) cut into clips, each clip's row and
+        extraction, and the time-anchored results (`timeline_m3d.VideoExtraction`). `kwargs` are the pipeline's
+        parameters (class docstring), `batch_size` and `num_workers`."""
+        preprocess, _, _ = self._sanitize_parameters(
+            **{k: v for k, v in kwargs.items() if k not in ("batch_size", "num_workers")}
         )
+        params = {**self._preprocess_params, **preprocess}
+        cut = {name: params[name] for name in VIDEO_PARAMETERS if name in params}
+        clip_kwargs = {name: value for name, value in kwargs.items() if name not in VIDEO_PARAMETERS}
+        return extract_video(
+            self,
+            inputs["video"],
+            inputs.get("subtitles"),
+            lang=inputs.get("lang") or params.get("lang") or self.processor.lang,
+            video_id=inputs.get("video_id") or inputs.get("id"),
+            **cut,
+            **clip_kwargs,
+        )
+
+    def _to_row(self, inputs: Mapping, lang: str | None = None, **video_parameters: Any) -> dict:
+        """The schema row of a clip input (`video_parameters` cut whole videos; a clip has none to cut)."""
+        return to_schema_row(inputs, lang or self.processor.lang)
 
     def _collate(self, rows: list[dict], protocol: str = "end_to_end") -> dict:
         """Batch rows with the processor; end to end, gold annotations are dropped so they cannot leak in."""

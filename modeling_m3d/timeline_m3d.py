@@ -4,16 +4,25 @@ The pipeline's output for a clip indexes tokens, chains and frames; for a reader
 turned into self-explaining records: each mention with its text, its character offsets in the clip's
 document and the time (seconds from the video's start) of the subtitle line it is in; each chain with an id,
 a type and its mentions; each grounding with the time of its frame and its box format named.
+
+`extract_video` is the one way from a video file to these records: it cuts the video into clips
+(`ingest_m3d.ingest_video`), runs an extractor (the `"m3d-extraction"` pipeline) on their rows and anchors the
+results. The pipeline calls it for `{"video": ...}` inputs, and `examples/predict.py --video` through it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from itertools import accumulate
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .ingest_m3d import Clip
+from .ingest_m3d import FRAME_STEP, MAX_CLIP_SECONDS, MIN_CLIP_SECONDS, Clip, clip_to_row, ingest_video
 from .schema import join_tokens, tokenize
 
 BOX_FORMAT = "cx, cy, w, h (box centre, width and height, normalised to [0, 1] by the frame's size)"
@@ -81,6 +90,7 @@ def clip_result(clip: Clip, row: dict, result: dict, video_id: str) -> dict:
                 "subject": chain_ids[r["subject"]],
                 "object": chain_ids[r["object"]],
                 "type": r["type"],
+                "score": r.get("score"),
                 "subject_text": r["subject_text"],
                 "object_text": r["object_text"],
             }
@@ -115,3 +125,65 @@ def video_summary(clip_results: list[dict], video: str) -> dict:
         "groundings": [{**grounding, "clip": c["id"]} for c in clip_results for grounding in c["groundings"]],
         "box_format": BOX_FORMAT,
     }
+
+
+@dataclass
+class VideoExtraction:
+    """A whole video's extraction: its clips, their schema rows and the extractor's output on each (in the
+    pipeline's clip format), and from them the time-anchored results (times in seconds from the video's start).
+    """
+
+    video: str
+    video_id: str
+    clips: list[Clip]
+    rows: list[dict]
+    extractions: list[dict]
+
+    @cached_property
+    def clip_results(self) -> list[dict]:
+        """One self-explaining record per clip (`clip_result`)."""
+        return [
+            clip_result(clip, row, extraction, self.video_id)
+            for clip, row, extraction in zip(self.clips, self.rows, self.extractions, strict=True)
+        ]
+
+    def summary(self) -> dict:
+        """The video-level record (`video_summary`): clips as ids and times, all chains, relations, groundings."""
+        return video_summary(self.clip_results, self.video)
+
+    def to_json(self) -> dict:
+        """The video-level record with each clip's whole record under `"clips"`: what the pipeline returns."""
+        return {**self.summary(), "clips": self.clip_results}
+
+
+def extract_video(
+    extractor: Callable[..., Any],
+    video: str | Path,
+    subtitles: str | Path | None = None,
+    lang: str = "en",
+    video_id: str | None = None,
+    frame_step: int = FRAME_STEP,
+    min_clip: float = MIN_CLIP_SECONDS,
+    max_clip: float = MAX_CLIP_SECONDS,
+    asr_model: str | None = None,
+    **extractor_kwargs: Any,
+) -> VideoExtraction:
+    """Cut `video` into clips between subtitle lines (`min_clip`/`max_clip` seconds, one frame kept every
+    `frame_step` frames; speech transcribed by the Whisper-family `asr_model` when there are no `subtitles`),
+    run `extractor` on their rows (one call, `extractor_kwargs` passed on: `batch_size`, `protocol`, the
+    thresholds) and keep everything for the time-anchored results. Clip ids are `<video_id>_<k>`, `video_id`
+    defaulting to the file stem. Bad input raises `ValueError`/`OSError` naming the file.
+    """
+    clips = ingest_video(
+        video,
+        subtitles,
+        lang=lang,
+        video_id=video_id,
+        frame_step=frame_step,
+        min_clip=min_clip,
+        max_clip=max_clip,
+        asr_model=asr_model,
+    )
+    rows = [clip_to_row(clip, lang) for clip in clips]
+    extractions = list(extractor(rows, **extractor_kwargs))
+    return VideoExtraction(str(video), video_id or Path(video).stem, clips, rows, extractions)

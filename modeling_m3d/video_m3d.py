@@ -3,8 +3,8 @@
 The M³D release gives each clip as timed subtitle sentences (`time_sent_pair`) plus frames sampled from the
 video (Section III of the paper, Steps 2-3). This module reads the raw material: subtitle cues in seconds,
 in time order, with styling removed; the video stream's frame rate, extent and rotation; and the frames on
-screen at given times, turned upright as players show them. `ingest_m3d` cuts a whole video into clips;
-`video_to_row` here builds one unannotated schema row (`modeling_m3d.schema`) from a short clip, for the pipeline.
+screen at given times, turned upright as players show them. `ingest_m3d` cuts a whole video into clips
+and makes their unannotated schema rows (`modeling_m3d.schema`) with `unannotated_row` and `tokenized_cues`.
 """
 
 from __future__ import annotations
@@ -329,23 +329,3 @@ def tokenized_cues(cues: Sequence[dict], lang: str, offset: float = 0.0) -> tupl
         if piece
     ]
     return [token for piece in pieces for token in piece], subtitles
-
-
-def video_to_row(
-    video_path: str | Path,
-    subtitles_path: str | Path | None = None,
-    lang: str = "en",
-    num_frames: int = 8,
-    video_id: str | None = None,
-) -> dict:
-    """Build one unannotated schema row from a short clip and, optionally, its subtitles.
-
-    The document is the subtitle lines tokenised like the release, so that the subtitles joined give the
-    document as in `time_sent_pair`; without subtitles the text modality is missing (`tokens == []`).
-    `video_id` defaults to the file stem. Whole videos are cut into clips by `ingest_m3d.ingest_video`.
-    """
-    check_language(lang)
-    frames, _ = sample_frames(video_path, num_frames=num_frames)
-    cues = read_subtitles(subtitles_path) if subtitles_path is not None else []
-    tokens, subtitles = tokenized_cues(cues, lang)
-    return unannotated_row(video_id or Path(video_path).stem, lang, tokens, subtitles, frames)

@@ -1,5 +1,5 @@
 """The "m3d-extraction" pipeline and examples/predict.py on a saved tiny model: schema rows, text with frames,
-raw video with subtitles, batching, both protocols, and the JSON lines of the script."""
+batching, both protocols, and the JSON lines of the script (whole videos: test_pipeline_video.py)."""
 
 import json
 import subprocess
@@ -18,7 +18,6 @@ import modeling_m3d  # noqa: F401  (registers the Auto classes and the pipeline)
 from modeling_m3d.pipeline_m3d import M3DExtractionPipeline
 from modeling_m3d.schema import tokenize_text
 from modeling_m3d.testing import tiny_model_and_processor
-from modeling_m3d.video_m3d import read_subtitles
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT_KEYS = {"id", "entities", "chains", "relations", "groundings"}
@@ -124,17 +123,6 @@ def test_text_with_frame_paths(extractor, media):
         extractor({"id": "t2", "text": text, "frames": [str(media / "missing.png")]})
 
 
-def test_video_with_subtitles_and_threshold(extractor, media):
-    clip = {"video": str(media / "video_7_3.mp4"), "subtitles": str(media / "video_7_3.srt")}
-    result = extractor(clip, num_frames=3, grounding_threshold=0.0)
-    tokens = [
-        token for cue in read_subtitles(clip["subtitles"]) for token in tokenize_text(cue["text"], "en")
-    ]
-    check_output(result, tokens, 3)
-    assert result["id"] == "video_7_3" and result["groundings"]
-    assert extractor(clip, num_frames=3, grounding_threshold=1.01)["groundings"] == []
-
-
 def test_grounding_frames_index_the_input_frames(extractor):
     row = annotated_row(num_frames=10)  # the processor keeps 8 of them, evenly spread: 0 1 3 4 5 6 8 9
     frames = {g["frame"] for g in extractor(row, grounding_threshold=0.0)["groundings"]}
@@ -229,7 +217,6 @@ def test_predict_script_writes_one_json_line_per_clip(model_dir, extractor, medi
     lines = [
         row,
         {"text": "Peter met Ann .", "frames": ["frame_1.png"]},
-        {"video": "video_7_3.mp4", "subtitles": "video_7_3.srt"},
     ]
     (media / "clips.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     output = media / "predictions.jsonl"
@@ -249,13 +236,12 @@ def test_predict_script_writes_one_json_line_per_clip(model_dir, extractor, medi
     ]
     subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO.parent)
     results = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
-    assert [r["id"] for r in results] == ["clip_0", None, "video_7_3"]
+    assert [r["id"] for r in results] == ["clip_0", None]
     assert all(set(r) == OUTPUT_KEYS for r in results)
     # the same extractions as the pipeline on the same clips, media paths read from the input's folder
     in_place = [
         {**row, "frames": [media / name for name in row["frames"]]},
         {**lines[1], "frames": [media / "frame_1.png"]},
-        {"video": media / "video_7_3.mp4", "subtitles": media / "video_7_3.srt"},
     ]
     for result, expected in zip(results, map(extractor, in_place), strict=True):
         for key in ("entities", "chains", "relations"):

@@ -1,5 +1,5 @@
-"""Many videos across processes: `accelerate launch examples/predict.py --input ... --cut_videos` with two
-CPU processes gives the lines of one process, in input order; a rerun skips the inputs already done."""
+"""Many videos across processes: `accelerate launch examples/predict.py --input videos.jsonl --output ...` with
+two CPU processes gives the lines of one process, in input order; a rerun skips the inputs already done."""
 
 import json
 import os
@@ -33,7 +33,7 @@ def launch(folder, model, output, processes):
     command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                str(REPO / "examples" / "predict.py"), "--model", str(model), "--input", str(folder / "videos.jsonl"),
-               "--cut_videos", "--output", str(output), *CLIP_OPTIONS]  # fmt: skip
+               "--output", str(output), *CLIP_OPTIONS]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{REPO}", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=folder, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -14,6 +14,7 @@ from media import write_grey_clip as write_clip
 from PIL import Image
 from test_video import SRT
 
+from modeling_m3d.ingest_m3d import ingest_video
 from modeling_m3d.rendering_m3d import (
     CHAIN_COLOURS,
     M3DRendering,
@@ -292,6 +293,6 @@ def test_predict_script_writes_the_html_page(tmp_path, monkeypatch):
     page = (tmp_path / "out.html").read_text(encoding="utf-8")
     assert page.count("class='m3d-view'") == 1 and page.count("class='m3d-line'") == 2
     assert page.count("<mark class='m3d-entity") >= len(result["entities"])  # random weights: maybe none
-    frames = len(predict.ingest_video(video, tmp_path / "clip.srt", lang="en")[0].frame_times)
+    frames = len(ingest_video(video, tmp_path / "clip.srt", lang="en")[0].frame_times)
     assert frames >= 1 and page.count("data:image/jpeg;base64,") == frames  # one every 24 video frames
     assert "&#x27;" in page and "Leeds" in page  # Peter's (escaped), the second line

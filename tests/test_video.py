@@ -11,7 +11,7 @@ from media import frame_level, write_grey_clip, write_rateless_clip, write_rotat
 from PIL import Image
 
 from modeling_m3d.benchmark_video_m3d import frames_kept_per_second, write_test_video
-from modeling_m3d.video_m3d import frames_at, probe_video, read_subtitles, sample_frames, video_to_row
+from modeling_m3d.video_m3d import frames_at, probe_video, read_subtitles, sample_frames
 
 SRT = """1
 00:00:00,000 --> 00:00:01,200
@@ -192,22 +192,6 @@ def test_a_stream_without_frame_rate_names_the_file_and_stream(tmp_path):
         probe_video(path)
     with pytest.raises(ValueError, match=r"still\.mp4: video stream 0 \(mjpeg\) has no frame rate"):
         sample_frames(path, num_frames=2)
-
-
-def test_video_to_row_builds_an_unannotated_schema_row(clip, tmp_path):
-    subtitles = tmp_path / "clip.srt"
-    subtitles.write_text(SRT, encoding="utf-8")
-    row = video_to_row(clip, subtitles, lang="en", num_frames=3)
-    assert row["id"] == row["video_id"] == "video_7_3" and row["lang"] == "en"
-    assert [cue["text"] for cue in row["subtitles"]] == [
-        "Peter ' s father , Patrick ,",
-        "left Ireland for the working - class town of Leeds .",
-    ]
-    assert " ".join(cue["text"] for cue in row["subtitles"]) == " ".join(row["tokens"])
-    assert [frame_level(frame) for frame in row["frames"]] == [3, 10, 16]
-    assert row["entities"] == row["chains"] == row["relations"] == row["groundings"] == []
-    bare = video_to_row(clip, lang="zh", num_frames=2)
-    assert bare["tokens"] == [] and bare["subtitles"] == [] and len(bare["frames"]) == 2
 
 
 @pytest.mark.parametrize("seek_gap", [0.0, 4.0, float("inf")])
