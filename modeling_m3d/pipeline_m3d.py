@@ -10,7 +10,7 @@ extractor({"video": "talk.mp4", "subtitles": "talk.srt"})  # a whole video: clip
 extractor({"video": "talk.mp4"}, asr_model="openai/whisper-small")  # no subtitles: speech transcribed
 extractor({"text": "Peter's father, Patrick ...", "frames": ["f0.jpg", "f1.jpg"]})  # text and frames
 extractor(dataset["test"][0], protocol="gold_pairs")  # a schema row (`modeling_m3d.schema`)
-extractor(rows, batch_size=8, threshold=0.5)  # many clips, confident groundings only
+extractor(rows, batch_size=8, grounding_threshold=0.5)  # many clips, confident groundings only
 ```
 
 A folder written by `extractor.save_pretrained(folder)` holds the pipeline's code too and loads without this

@@ -130,9 +130,22 @@ def test_decode_relations_keeps_pairs_likely_related_with_their_likeliest_type()
     relations, scores = decode_relations(logits, chains)
     assert relations.tolist() == [[0, 0, 1, 0]]
     torch.testing.assert_close(scores, 1 - logits[0, 0, 1].softmax(-1)[:1])
-    relations, scores = decode_relations(logits, chains, threshold=0.3)
+    relations, scores = decode_relations(logits, chains, threshold=0.3, one_per_pair=False)
     assert relations.tolist() == [[0, 0, 1, 0], [0, 1, 0, 0]] and 0.3 < scores[1] < 0.4
     assert decode_relations(logits, chains, threshold=0.95)[0].shape == (0, 4)
+
+
+def test_two_chains_get_one_relation_in_the_likelier_direction():
+    logits = torch.zeros(2, 3, 3, 3)
+    logits[0, :, :, 0] = 5.0  # no relation, but:
+    logits[0, 0, 1, 0], logits[0, 1, 0, 0] = -2.0, -1.0  # both related; 0 → 1 the likelier
+    logits[0, 2, 0, 0] = -3.0  # 2 → 0 beats 0 → 2
+    logits[1, :, :, 0] = -2.0  # every pair equally likely: the earlier subject wins
+    chains = torch.ones(2, 3, dtype=torch.bool)
+    relations, _ = decode_relations(logits, chains, threshold=0.5)
+    assert relations[:, :3].tolist() == [[0, 0, 1], [0, 2, 0], [1, 0, 1], [1, 0, 2], [1, 1, 2]]
+    assert len(decode_relations(logits, chains, threshold=0.5, one_per_pair=False)[0]) == 3 + 6
+    assert relations[:, 0].tolist() == [0, 0, 1, 1, 1]
 
 
 def test_select_grounding_slots():

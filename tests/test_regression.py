@@ -2,7 +2,7 @@
 gives the same losses and the same predictions, both protocols, on a fixed batch with a text-missing and a
 video-missing row (`regression_rows.py`). Decoded as recorded: every grounding slot whose best class is a type
 (`grounding_threshold=0`); the relations were recorded again when their rule changed from the arg-max to a
-probability of some relation ≥ 0.5 (`config.relation_threshold`)."""
+probability of some relation ≥ 0.5 (`config.relation_threshold`), one per pair of chains."""
 
 from __future__ import annotations
 
