@@ -83,6 +83,9 @@ class M3DConfig(PreTrainedConfig):
             word features. k > 0 (beyond the paper): the chain also gets the element-wise maximum over its
             mentions of the mean of the k words before and of the k words after each mention, where the words
             linking a subject to its object usually are.
+        relation_between (`bool`, defaults to `False`): beyond the paper, the relation head also reads, for each
+            pair of chains, the mean of the words between their two closest mentions ("X , whose father Y"),
+            through a two-layer perceptron added to the biaffine scores of Eq. 17.
         loss_weights (`dict[str, float]`): α of Eq. 24 over `ner`, `coref`, `re`, `grounding_type`,
             `grounding_box`; missing keys take the defaults (1.0 each, 5.0 for `grounding_box`).
         ner_loss_normalization (`str`, defaults to `"word"`): how the CRF negative log-likelihood (Eq. 19) is
@@ -138,6 +141,7 @@ class M3DConfig(PreTrainedConfig):
     grounding_pooling: Literal["mean", "slots"] = "mean"
     bilinear_dim: int = 256
     relation_context: int = 0
+    relation_between: bool = False
     loss_weights: dict[str, float | int] | None = None
     ner_loss_normalization: Literal["word", "document"] = "word"
     relation_threshold: float | int = 0.5

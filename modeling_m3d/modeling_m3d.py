@@ -227,6 +227,34 @@ def span_mean(features: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
     return (end_sum - start_sum) / length
 
 
+def closest_mention_gaps(spans: torch.Tensor, chain: torch.Tensor, num_chains: int) -> torch.Tensor:
+    """For each ordered pair of chains, the words between their two closest mentions → (B, C, C, 2) spans
+    `[start, end)`; empty when those mentions overlap or touch, (0, 0) when a chain has no mention.
+
+    spans (B, E, 2) mention word spans, chain (B, E) each mention's chain (-1 = padding). The closest pair is the
+    one with the fewest words between (the first in mention order on a tie), found for all chain pairs at once
+    with one scatter-min over the (B, E, E) mention pairs.
+    """
+    batch, mentions = chain.shape
+    if mentions == 0:
+        return spans.new_zeros(batch, num_chains, num_chains, 2)
+    start, end = spans[..., 0], spans[..., 1]
+    first = start[:, :, None] <= start[:, None, :]  # mention a starts first
+    gap_start = torch.where(first, end[:, :, None], end[:, None, :])
+    gap_end = torch.maximum(torch.where(first, start[:, None, :], start[:, :, None]), gap_start)
+    pairs = mentions * mentions
+    key = (gap_end - gap_start) * pairs + torch.arange(pairs, device=chain.device).view(mentions, mentions)
+    real = (chain[:, :, None] >= 0) & (chain[:, None, :] >= 0)
+    slot = torch.where(real, chain[:, :, None] * num_chains + chain[:, None, :], num_chains * num_chains)
+    none = torch.iinfo(key.dtype).max
+    best = key.new_full((batch, num_chains * num_chains + 1), none).scatter_reduce(
+        1, slot.flatten(1), key.flatten(1), "amin"
+    )[:, :-1]
+    pair = (best % pairs).clamp(max=pairs - 1)
+    gaps = torch.stack([gap_start.flatten(1).gather(1, pair), gap_end.flatten(1).gather(1, pair)], -1)
+    return torch.where((best != none)[..., None], gaps, 0).view(batch, num_chains, num_chains, 2)
+
+
 def repeat_over_patches(frame_mask: torch.Tensor, patches: int) -> torch.Tensor:
     """(B, F) frame mask → (B, F·P), each frame's value repeated over its `patches` patches."""
     return frame_mask.repeat_interleave(patches, dim=1)
@@ -667,10 +695,13 @@ class M3DPairClassifier(nn.Module):
     """Biaffine scorer over all ordered pairs (Eq. 16–17), factored through a low-rank projection.
 
     s = act(W_s h), o = act(W_o h); logits_k(i, j) = s_iᵀ U_k o_j + a_kᵀ s_i + b_kᵀ o_j + c_k, computed for
-    all pairs with one batched einsum.
+    all pairs with one batched einsum. With `pair_size`, features of each pair itself (B, N, N, pair_size) add
+    a term through a two-layer perceptron.
     """
 
-    def __init__(self, config: M3DConfig, num_classes: int, input_size: int | None = None):
+    def __init__(
+        self, config: M3DConfig, num_classes: int, input_size: int | None = None, pair_size: int | None = None
+    ):
         super().__init__()
         hidden, rank = input_size or config.text_config.hidden_size, config.bilinear_dim
         self.subject = nn.Sequential(nn.Linear(hidden, rank), nn.GELU(), nn.Dropout(config.dropout))
@@ -678,13 +709,26 @@ class M3DPairClassifier(nn.Module):
         self.bilinear = nn.Parameter(torch.empty(num_classes, rank, rank))
         self.subject_linear = nn.Linear(rank, num_classes)
         self.object_linear = nn.Linear(rank, num_classes, bias=False)
+        self.pair = (
+            nn.Sequential(
+                nn.Linear(pair_size, rank),
+                nn.GELU(),
+                nn.Dropout(config.dropout),
+                nn.Linear(rank, num_classes),
+            )
+            if pair_size
+            else None
+        )
 
-    def forward(self, representations: torch.Tensor) -> torch.Tensor:
-        """(B, N, input_size) → (B, N, N, classes), [subject, object]."""
+    def forward(
+        self, representations: torch.Tensor, pair_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, N, input_size) [and (B, N, N, pair_size)] → (B, N, N, classes), [subject, object]."""
         subject, obj = self.subject(representations), self.object(representations)
         projected = torch.einsum("bir,krq->bikq", subject, self.bilinear)
         scores = torch.einsum("bikq,bjq->bijk", projected, obj)
-        return scores + self.subject_linear(subject)[:, :, None] + self.object_linear(obj)[:, None]
+        scores = scores + self.subject_linear(subject)[:, :, None] + self.object_linear(obj)[:, None]
+        return scores if self.pair is None else scores + self.pair(pair_features)
 
 
 class M3DGroundingHead(nn.Module):
@@ -821,7 +865,12 @@ class M3DModel(M3DPreTrainedModel):
         self.entity_head = M3DEntityHead(config)
         self.coref_head = M3DPairClassifier(config, 2)
         relation_inputs = (1 + 2 * (config.relation_context > 0)) * hidden
-        self.relation_head = M3DPairClassifier(config, len(config.relation_types) + 1, relation_inputs)
+        self.relation_head = M3DPairClassifier(
+            config,
+            len(config.relation_types) + 1,
+            relation_inputs,
+            pair_size=hidden if config.relation_between else None,
+        )
         self.grounding_head = M3DGroundingHead(config)
         self.criterion = M3DLoss(config)
         self.post_init()
@@ -1017,6 +1066,25 @@ class M3DModel(M3DPreTrainedModel):
         context = torch.cat([span_mean(text, before), span_mean(text, after)], -1)
         return torch.cat([chains, segment_max(context, entity_chain, num_chains)], -1)
 
+    def relation_logits(
+        self,
+        text: torch.Tensor,
+        word_mask: torch.Tensor | None,
+        spans: torch.Tensor,
+        mentions: torch.Tensor,
+        entity_chain: torch.Tensor,
+        num_chains: int,
+    ) -> torch.Tensor:
+        """The relation head on the chain representations (`chain_features`) → (B, C, C, 1 + R) (Eq. 17); with
+        `config.relation_between` (beyond the paper), each chain pair also reads the mean of the words between its
+        two closest mentions (`closest_mention_gaps`)."""
+        chains = self.chain_features(text, word_mask, spans, mentions, entity_chain, num_chains)
+        if not self.config.relation_between:
+            return self.relation_head(chains)
+        gaps = closest_mention_gaps(spans, entity_chain, num_chains)
+        between = span_mean(text, gaps.flatten(1, 2)).view(*gaps.shape[:3], -1)
+        return self.relation_head(chains, between)
+
     def mention_features(self, text: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
         """Each mention as the mean of its own words (B, E, d_h)."""
         if spans.numel() and int(spans.max()) > text.shape[1]:
@@ -1072,8 +1140,8 @@ class M3DModel(M3DPreTrainedModel):
                 num_chains = (
                     chain_mask.shape[1] if chain_mask is not None else max(int(entity_chain.max()) + 1, 1)
                 )
-                re_logits = self.relation_head(
-                    self.chain_features(text, word_mask, entity_spans, mentions, entity_chain, num_chains)
+                re_logits = self.relation_logits(
+                    text, word_mask, entity_spans, mentions, entity_chain, num_chains
                 )
         loss, losses = self.criterion(
             self.entity_head.crf,
@@ -1163,9 +1231,7 @@ class M3DModel(M3DPreTrainedModel):
         components = connected_components(coref_adjacency(self.coref_head(mentions), span_mask), span_mask)
         if protocol == "end_to_end":
             entity_chain, chain_mask = components, chain_mask_of(components)
-        chains = self.relation_head(
-            self.chain_features(text, word_mask, spans, mentions, entity_chain, chain_mask.shape[1])
-        )
+        chains = self.relation_logits(text, word_mask, spans, mentions, entity_chain, chain_mask.shape[1])
         relations, relation_scores = decode_relations(
             chains,
             chain_mask.bool(),

@@ -11,7 +11,14 @@ from transformers import AutoModel, BertConfig
 
 from modeling_m3d.configuration_m3d import M3DConfig
 from modeling_m3d.loss_m3d import crf_negative_log_likelihood, pair_cross_entropy
-from modeling_m3d.modeling_m3d import M3DLevelSum, M3DModel, M3DNoFusion, layer_thirds, span_mean
+from modeling_m3d.modeling_m3d import (
+    M3DLevelSum,
+    M3DModel,
+    M3DNoFusion,
+    closest_mention_gaps,
+    layer_thirds,
+    span_mean,
+)
 from modeling_m3d.processing_m3d import M3DProcessor
 from modeling_m3d.testing import build_tokenizer, tiny_config, tiny_image_processor
 
@@ -380,6 +387,23 @@ def test_mention_is_the_mean_of_exactly_its_words():
             torch.testing.assert_close(means[b, e], expected)
 
 
+def test_closest_mention_gaps_are_the_words_between_the_nearest_mentions():
+    # mentions [0, 1) and [10, 12) of chain 0, [5, 6) of chain 1, [13, 14) of chain 2, one padding mention
+    spans = torch.tensor([[[0, 1], [5, 6], [10, 12], [13, 14], [0, 0]]])
+    chain = torch.tensor([[0, 1, 0, 2, -1]])
+    gaps = closest_mention_gaps(spans, chain, num_chains=4)
+    assert gaps.shape == (1, 4, 4, 2)
+    assert gaps[0, 0, 1].tolist() == gaps[0, 1, 0].tolist() == [1, 5]  # a tie with [6, 10): the first pair
+    assert gaps[0, 0, 2].tolist() == gaps[0, 2, 0].tolist() == [12, 13]  # [10, 12) is nearer [13, 14)
+    assert gaps[0, 1, 2].tolist() == [6, 13]
+    assert gaps[0, 3].tolist() == gaps[0, :, 3].tolist() == [[0, 0]] * 4  # chain 3 has no mention
+    overlapping = closest_mention_gaps(torch.tensor([[[2, 5], [3, 4]]]), torch.tensor([[0, 1]]), 2)
+    assert overlapping[0, 0, 1, 0] == overlapping[0, 0, 1, 1]  # empty
+    assert closest_mention_gaps(torch.zeros(2, 0, 2, dtype=torch.long), torch.zeros(2, 0).long(), 3).shape == (
+        2, 3, 3, 2
+    )  # fmt: skip
+
+
 def test_layer_thirds_cover_all_layers():
     assert layer_thirds(12) == [(1, 5), (5, 9), (9, 13)]
     assert layer_thirds(3) == [(1, 2), (2, 3), (3, 4)]
@@ -472,9 +496,10 @@ def test_pair_scoring_cost_does_not_grow_with_entity_count(tiny):
 def test_slot_grounding_and_relation_context_shapes_and_save_load(tokenizer, tmp_path):
     """The knobs beyond the paper: slot queries over the patch grid (with reference-point centres, a non-persistent
     buffer that `from_pretrained` must rebuild) and the context words in the chain representations."""
-    model, processor = build(tokenizer, grounding_pooling="slots", relation_context=2)
+    model, processor = build(tokenizer, grounding_pooling="slots", relation_context=2, relation_between=True)
     config = model.config
     assert model.relation_head.subject[0].in_features == 3 * config.text_config.hidden_size
+    assert model.relation_head.pair[0].in_features == config.text_config.hidden_size
     batch = processor([make_row(0), make_row(1, text=False), make_row(2, video=False)], return_tensors="pt")
     out = model(**batch)
     frames = batch["frame_mask"].shape[1]
@@ -482,6 +507,7 @@ def test_slot_grounding_and_relation_context_shapes_and_save_load(tokenizer, tmp
     assert out.grounding_boxes.shape == (3, frames, config.grounding_slots, 4)
     out.loss.backward()
     assert model.grounding_head.queries.grad.abs().sum() > 0
+    assert model.relation_head.pair[0].weight.grad.abs().sum() > 0
     without_frames = processor([make_row(2, video=False)], return_tensors="pt")
     assert model(**without_frames).grounding_boxes.shape[2] == config.grounding_slots
 
