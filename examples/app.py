@@ -35,11 +35,11 @@ from transformers import Pipeline, pipeline
 
 import modeling_m3d  # noqa: F401  (registers the Auto classes and the pipeline)
 from modeling_m3d.data import DataArguments, load_release
-from modeling_m3d.ingest_m3d import clip_to_row, ingest_video
 from modeling_m3d.pipeline_m3d import M3DExtractionPipeline
 from modeling_m3d.rendering_m3d import M3DRendering, normalize_extraction
 from modeling_m3d.schema import LANGUAGES, PROTOCOLS, TASK_NAMES, TASKS, reference_document, row_id
 from modeling_m3d.scoring import m3d_scores
+from modeling_m3d.timeline_m3d import extract_video as extract_clips
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modeling_m3d" / "demo"
 EXAMPLE_LINES = (
@@ -112,22 +112,21 @@ class ClipExtraction:
 def extract_video(
     extractor: Pipeline, video: str, subtitles: str | None, progress: Callable[..., Any] | None = None
 ) -> list[ClipExtraction]:
-    """The demo's only way from a video file to extractions: clips, each with its row, extraction, frame times.
+    """The demo's way from a video file to extractions: clips, each with its row, extraction, frame times.
 
-    The video is cut into clips between subtitle lines, one frame kept every 24 video frames
-    (`ingest_m3d.ingest_video`, the paper's Steps 2–3). `progress(fraction, desc=...)` is told each step.
+    `timeline_m3d.extract_video`, as `predict.py --video` and the pipeline: the video is cut into clips between
+    subtitle lines, one frame kept every 24 video frames (the paper's Steps 2–3), and each clip extracted end to
+    end. `progress(fraction, desc=...)` is told each step.
     """
     report = progress or (lambda fraction, desc: None)
-    lang = extractor.processor.lang
-    report(0.05, desc="cutting the video into clips")
-    clips = ingest_video(video, subtitles, lang=lang)
-    rows = [clip_to_row(clip, lang) for clip in clips]
-    report(0.4, desc=f"extracting from {len(rows)} clip(s)")
-    extractions = list(extractor(rows, batch_size=1, protocol="end_to_end"))
+    report(0.05, desc="cutting the video into clips and extracting")
+    extraction = extract_clips(
+        extractor, video, subtitles, lang=extractor.processor.lang, batch_size=1, protocol="end_to_end"
+    )
     report(1.0, desc="done")
     return [
-        ClipExtraction(row, extraction, clip.frame_times)
-        for row, extraction, clip in zip(rows, extractions, clips, strict=True)
+        ClipExtraction(row, result, clip.frame_times)
+        for row, result, clip in zip(extraction.rows, extraction.extractions, extraction.clips, strict=True)
     ]
 
 
