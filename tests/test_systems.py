@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from test_modeling import make_row
@@ -190,6 +191,30 @@ def test_train_script_takes_the_papers_encoders_unless_named_or_tiny(monkeypatch
     assert train.apply_system(tiny, "en") == tiny
     with pytest.raises(ValueError, match="--tiny_encoders builds the encoders"):
         train.apply_system(train.ModelArguments(system="m3d", tiny_encoders=True, text_encoder="x"), "en")
+
+
+def test_train_script_fuses_nothing_when_no_training_document_has_frames(monkeypatch, caplog):
+    """On text alone the DFFM and MMCM only cost quality (README): train.py builds the w/o-DFFM model unless a
+    fusion is chosen (--system, --config_overrides)."""
+    from accelerate import PartialState
+
+    PartialState(cpu=True)  # train.py logs through accelerate
+    train = _train_script(monkeypatch)
+    data_args, recipe = train.DataArguments(lang="en"), train.RECIPES["small"]
+    with_frames = datasets.Dataset.from_list([make_row(i) for i in range(3)])
+    text_only = datasets.Dataset.from_list([make_row(i, video=False) for i in range(3)])
+    assert train.count_frames(with_frames) == 1 + 2 + 3 and train.count_frames(text_only) == 0
+
+    def fusion(rows, **model_args) -> str:
+        model, _ = train.build_model_and_processor(train.ModelArguments(**model_args), data_args, recipe, rows)
+        return model.config.fusion
+
+    assert fusion(with_frames) == "dffm"
+    with caplog.at_level("WARNING"):
+        assert fusion(text_only) == "none"
+    assert "no training document has frames" in caplog.text
+    assert fusion(text_only, config_overrides='{"fusion": "dffm"}') == "dffm"
+    assert fusion(text_only, system="m3d-no-mmcm", tiny_encoders=True) == "dffm"
 
 
 def test_train_script_runs_a_video_system_on_encoders_passed_by_folder(tokenizer, tmp_path):

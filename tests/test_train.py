@@ -121,6 +121,7 @@ def test_embedded_default_writes_model_results_card_and_manifest(trained):
     model = AutoModel.from_pretrained(output)
     processor = AutoProcessor.from_pretrained(output)
     assert type(model).__name__ == "M3DModel" and type(processor).__name__ == "M3DProcessor"
+    assert model.config.fusion == "dffm"  # the synthetic documents have frames: the paper's model
     # the decoding thresholds chosen on validation, printed, stored in the results and saved with the model
     assert "decoding thresholds chosen on validation (gold_pairs)" in result.stdout
     for name in ("relation_threshold", "grounding_threshold"):
