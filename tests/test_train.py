@@ -209,7 +209,8 @@ def _predict_sharded(rank: int, store: str, version: int) -> None:
     torch.manual_seed(0)
     model, processor = tiny_model_and_processor()
     batch = processor([make_row(0), make_row(3)], return_tensors="pt")
-    expected = model.eval().predict(**batch, protocol="end_to_end")
+    decode = {"protocol": "end_to_end", "grounding_threshold": 0.0}
+    expected = model.eval().predict(**batch, **decode)
     # a comparison of substance
     assert all(document["entities"] and document["groundings"] for document in expected)
     units = {type(module) for module in model.modules() if type(module).__name__ in model._no_split_modules}
@@ -218,7 +219,7 @@ def _predict_sharded(rank: int, store: str, version: int) -> None:
             fully_shard(module)
         sharded = fully_shard(model)
         with pytest.raises(RuntimeError):  # the root's weights are DTensor shards outside forward
-            model.predict(**batch, protocol="end_to_end")
+            model.predict(**batch, **decode)
     else:
         sharded = FullyShardedDataParallel(
             model,
@@ -227,7 +228,7 @@ def _predict_sharded(rank: int, store: str, version: int) -> None:
             use_orig_params=True,
         )
     with full_parameters(sharded):
-        assert model.predict(**batch, protocol="end_to_end") == expected
+        assert model.predict(**batch, **decode) == expected
     dist.barrier()
     dist.destroy_process_group()
 
