@@ -60,7 +60,7 @@ from transformers import (
 from modeling_m3d import M3DConfig, M3DModel, M3DProcessor
 from modeling_m3d.data import DataArguments, load_splits, modality_manifest
 from modeling_m3d.modality import save_manifest
-from modeling_m3d.schema import PROTOCOLS, join_tokens
+from modeling_m3d.schema import PROTOCOLS, TASKS, join_tokens
 from modeling_m3d.systems import SYSTEMS, frames_per_row, get_system
 from modeling_m3d.testing import build_tokenizer, tiny_config, tiny_image_processor
 from modeling_m3d.training import (
@@ -173,6 +173,14 @@ class TrainArguments:
             "help": "How validation and test decode chains and relations: gold_pairs (the paper's: over the gold "
             "mentions and chains) or end_to_end (over the predicted ones).",
             "choices": PROTOCOLS,
+        },
+    )
+    metric_for_best_model: str = field(
+        default="average_f1",
+        metadata={
+            "help": "The validation score that picks the saved epoch (as in TrainingArguments): average_f1 (the "
+            "mean of the four tasks' F1) or one task's F1.",
+            "choices": ("average_f1", *(f"{task}_f1" for task in TASKS)),
         },
     )
     push_to_hub: bool = field(
@@ -417,7 +425,7 @@ def train(
     )
     eval_dataloaders = {name: accelerator.prepare(loader) for name, loader in eval_dataloaders.items()}
 
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_average_f1": None, "best_epoch": None,
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None,
              "epoch_loss": [0.0, 0], "history": []}  # fmt: skip
     if args.resume_from_checkpoint:
         accelerator.load_state(args.resume_from_checkpoint)
@@ -467,8 +475,9 @@ def train(
         if "validation" in eval_dataloaders:
             scores = evaluate_epoch(accelerator, model, eval_dataloaders["validation"], args.protocol, state)
             state["history"][-1].update(scores)
-            if state["best_average_f1"] is None or scores["eval_average_f1"] > state["best_average_f1"]:
-                state.update(best_average_f1=scores["eval_average_f1"], best_epoch=epoch)
+            metric = scores[f"eval_{args.metric_for_best_model}"]
+            if state["best_metric"] is None or metric > state["best_metric"]:
+                state.update(best_metric=metric, best_epoch=epoch)
                 save_model(accelerator, model, processor, output_dir)
     progress.close()
     if args.checkpointing_steps:

@@ -171,6 +171,17 @@ def test_resume_mid_epoch_gives_the_weights_of_an_uninterrupted_run(trained):
     assert_same_weights(final, weights(resumed / "checkpoint-8"), atol=0.0)
 
 
+def test_the_saved_epoch_is_the_best_by_the_chosen_metric(tmp_path):
+    output = tmp_path / "out"
+    run([sys.executable, str(TRAIN), *SMALL, "--num_train_epochs", "3", "--metric_for_best_model", "ner_f1",
+         "--output_dir", str(output)], tmp_path / "cache")  # fmt: skip
+    state = json.loads((output / "checkpoint-12" / "trainer_state.json").read_text())
+    scores = [epoch["eval_ner_f1"] for epoch in state["history"]]
+    assert len(scores) == 3 and len(set(scores)) > 1  # a choice to make
+    assert state["best_epoch"] == scores.index(max(scores)) and state["best_metric"] == max(scores)
+    assert json.loads((output / "all_results.json").read_text())["best_epoch"] == state["best_epoch"]
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     """Two gloo processes with batches of 1 against one process accumulating two batches of 1. (The per-task
     losses are means over a batch's words / pairs / frames, so a batch of 2 rows is not the mean of two batches.)"""
