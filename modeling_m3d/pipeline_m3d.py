@@ -183,8 +183,17 @@ class M3DExtractionPipeline(Pipeline):
             **clip_kwargs,
         )
 
-    def _to_row(self, inputs: Mapping, lang: str | None = None, **video_parameters: Any) -> dict:
-        """The schema row of a clip input (`video_parameters` cut whole videos; a clip has none to cut)."""
+    def _to_row(
+        self, inputs: Mapping, lang: str | None = None, protocol: str = "end_to_end", **video_parameters: Any
+    ) -> dict:
+        """The schema row of a clip input (`video_parameters` cut whole videos; a clip has none to cut). Under
+        `"gold_pairs"` the input must carry its gold `entities` (a schema row): `ValueError` otherwise."""
+        if protocol == "gold_pairs" and isinstance(inputs, Mapping) and "entities" not in inputs:
+            where = f"input {inputs['id']!r}" if inputs.get("id") is not None else "input"
+            raise ValueError(
+                f"{where}: protocol 'gold_pairs' predicts chains and relations over the gold entities, and it has "
+                "no 'entities' field (a schema row has them); use protocol 'end_to_end'"
+            )
         return to_schema_row(inputs, lang or self.processor.lang)
 
     def _collate(self, rows: list[dict], protocol: str = "end_to_end") -> dict:
@@ -196,7 +205,7 @@ class M3DExtractionPipeline(Pipeline):
         return {"rows": rows, **self.processor(model_rows, return_tensors="pt")}
 
     def preprocess(self, inputs: Mapping, protocol: str = "end_to_end", **row_params) -> dict:
-        return self._collate([self._to_row(inputs, **row_params)], protocol)
+        return self._collate([self._to_row(inputs, protocol=protocol, **row_params)], protocol)
 
     def get_iterator(
         self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
@@ -204,7 +213,7 @@ class M3DExtractionPipeline(Pipeline):
         """Batched runs: rows are built one by one, then batched by the processor (the default collate pads
         plain 2-D tensors only)."""
         row_params = dict(preprocess_params)
-        protocol = row_params.pop("protocol", "end_to_end")
+        protocol = row_params.get("protocol", "end_to_end")
         dataset_class = PipelineDataset if isinstance(inputs, Sized) else PipelineIterator
         rows = dataset_class(inputs, self._to_row, row_params)
         loader = DataLoader(

@@ -104,6 +104,11 @@ def test_schema_row_gold_pairs_partitions_the_gold_mentions(extractor):
     assert result["id"] == "clip_0"
     predicted = sorted((m["start"], m["end"]) for chain in result["chains"] for m in chain)
     assert predicted == sorted((s, e) for s, e, _, _ in MENTIONS)
+    # an input without gold entities is refused under gold pairs, alone or in a batch, not decoded to nothing
+    with pytest.raises(ValueError, match=r"input 't1': protocol 'gold_pairs' .* no 'entities' field"):
+        extractor({"id": "t1", "text": "Ann left Paris ."}, protocol="gold_pairs")
+    with pytest.raises(ValueError, match="no 'entities' field"):
+        extractor([row, {"text": "Ann left Paris ."}], protocol="gold_pairs", batch_size=2)
 
 
 def test_end_to_end_ignores_gold_annotations(extractor):
