@@ -38,6 +38,10 @@ ANNOTATION_FIELDS = ("entities", "chains", "relations", "groundings")
 VIDEO_PARAMETERS = ("frame_step", "min_clip", "max_clip", "asr_model")  # how whole videos are cut into clips
 
 
+# The fields of a whole-video input.
+VIDEO_FIELDS = ("video", "subtitles", "video_id", "id", "lang")
+
+
 def is_video_input(inputs: Any) -> bool:
     """Whether a pipeline input is a whole video (`{"video": path, "subtitles": path?, ...}`)."""
     return isinstance(inputs, Mapping) and "video" in inputs
@@ -170,6 +174,11 @@ class M3DExtractionPipeline(Pipeline):
         preprocess, _, _ = self._sanitize_parameters(
             **{k: v for k, v in kwargs.items() if k not in ("batch_size", "num_workers")}
         )
+        unknown = sorted(set(inputs) - set(VIDEO_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"video input {inputs['video']!r}: unknown fields {unknown}; a video input has {list(VIDEO_FIELDS)}"
+            )
         params = {**self._preprocess_params, **preprocess}
         cut = {name: params[name] for name in VIDEO_PARAMETERS if name in params}
         clip_kwargs = {name: value for name, value in kwargs.items() if name not in VIDEO_PARAMETERS}

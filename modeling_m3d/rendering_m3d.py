@@ -30,7 +30,6 @@ import html
 import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -469,13 +468,13 @@ def save_page(views: Sequence[M3DRendering], path: str | Path, title: str = "M³
     """Write `render_page(views, title)` to `path` atomically (a temporary file beside it, then a rename)."""
     path = Path(path)
     page = render_page(views, title)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # a plain open (mode 0o666 minus the umask, as the files around it; mkstemp's would be 0600), then a rename
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(page)
+        temporary.write_text(page, encoding="utf-8")
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
 

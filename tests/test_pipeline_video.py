@@ -99,6 +99,8 @@ def test_bad_videos_name_the_file(extractor, talk, tmp_path):  # noqa: F811
         extractor({"video": video})
     with pytest.raises(FileNotFoundError, match=r"nowhere\.mp4: no such video file"):
         extractor({"video": tmp_path / "nowhere.mp4"})
+    with pytest.raises(ValueError, match=r"talk\.mp4.*unknown fields \['subtitle'\]"):
+        extractor({"video": video, "subtitle": video})
 
 
 def test_a_video_without_subtitles_is_transcribed(extractor, speech, whisper):  # noqa: F811
@@ -108,7 +110,12 @@ def test_a_video_without_subtitles_is_transcribed(extractor, speech, whisper):  
     assert clip["tokens"] and clip["document"] and clip["end_time"] == pytest.approx(4.0)
 
 
-def test_saved_pipeline_carries_the_video_code(extractor, talk, tmp_path):  # noqa: F811
+def test_saved_pipeline_carries_the_video_code(extractor, talk, tmp_path, monkeypatch):  # noqa: F811
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    # loading the copy registers its own class for the task: this package's is put back after the test
+    task = "m3d-extraction"
+    monkeypatch.setitem(PIPELINE_REGISTRY.supported_tasks, task, PIPELINE_REGISTRY.supported_tasks[task])
     extractor.save_pretrained(tmp_path)
     assert {"timeline_m3d.py", "ingest_m3d.py", "video_m3d.py"} <= {p.name for p in tmp_path.iterdir()}
     reloaded = pipeline(model=str(tmp_path), trust_remote_code=True, device="cpu")

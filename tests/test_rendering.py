@@ -274,6 +274,8 @@ def test_save_writes_a_whole_page_and_notebooks_display_the_view(tmp_path):
     assert other.uid != view.uid  # two views on one page keep their own styles
     save_page([view, other], tmp_path / "both.html", title="two")
     assert (tmp_path / "both.html").read_text(encoding="utf-8").count("class='m3d-view'") == 2
+    (tmp_path / "plain.txt").write_text("x")  # the page gets the mode of a plain file, not mkstemp's 0600
+    assert (tmp_path / "both.html").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
 
 
 def test_predict_script_writes_the_html_page(tmp_path, monkeypatch):
