@@ -269,7 +269,7 @@ def build_model_and_processor(
     nested = {key: overrides.pop(key) for key in ("text_config", "vision_config") if key in overrides}
     top_level = {**recipe.model_config, **overrides}
     if "fusion" not in top_level and not count_frames(train_rows):
-        # MiniLM-L6, EN dev file, 4 epochs, cut 0, test entity / chain / relation F1: 78.8 / 76.9 / 23.1 with the
+        # MiniLM-L6, EN dev file, 4 epochs, cut 0, test entity / chain / relation F1: 78.8 / 76.9 / 25.2 with the
         # DFFM and MMCM, 80.8 / 78.4 / 31.4 without (tiny encoders, three cuts: entity 50.4 -> 53.0); see README.
         top_level["fusion"] = "none"
         logger.warning(

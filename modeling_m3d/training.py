@@ -194,13 +194,18 @@ def choose_thresholds(predictions: Sequence[Mapping], references: Sequence[Mappi
     chosen = {}
     for task, name in _THRESHOLDS.items():
         key = TASK_FIELDS[task]
-        gold = [reference[key] for reference in references]
+        raw = [prediction[key] for prediction in predictions]
+        items, gold = validate_documents(task, raw, [reference[key] for reference in references])
         if not any(gold):
             continue
+        scores = [[item["score"] for item in document] for document in raw]  # parallel to `items`
 
-        def f1(threshold: float, task=task, key=key, gold=gold) -> float:
-            kept = [[item for item in p[key] if item["score"] >= threshold] for p in predictions]
-            return score_validated(task, *validate_documents(task, kept, gold))["f1"]
+        def f1(threshold: float, task=task, items=items, gold=gold, scores=scores) -> float:
+            kept = [
+                [item for item, score in zip(document, row, strict=True) if score >= threshold]
+                for document, row in zip(items, scores, strict=True)
+            ]
+            return score_validated(task, kept, gold)["f1"]
 
         chosen[name] = max(THRESHOLD_GRID, key=lambda t, f1=f1: (f1(t), -abs(t - 0.5)))
     return chosen
