@@ -61,6 +61,7 @@ from modeling_m3d import M3DConfig, M3DModel, M3DProcessor
 from modeling_m3d.data import DataArguments, load_splits, modality_manifest
 from modeling_m3d.modality import save_manifest
 from modeling_m3d.schema import PROTOCOLS, TASKS, join_tokens
+from modeling_m3d.scoring import m3d_scores
 from modeling_m3d.systems import SYSTEMS, frames_per_row, get_system
 from modeling_m3d.testing import build_tokenizer, tiny_config, tiny_image_processor
 from modeling_m3d.training import (
@@ -69,6 +70,7 @@ from modeling_m3d.training import (
     Recipe,
     TrainingData,
     aggregate_seeds,
+    apply_thresholds,
     choose_thresholds,
     describe_recipe,
     flatten_scores,
@@ -499,10 +501,27 @@ def train(
 
 
 def evaluate_epoch(accelerator: Accelerator, model, loader, protocol: str, state: dict) -> dict[str, float]:
-    """The flat validation scores (`eval_*`) of the epoch just trained, printed and logged."""
-    scores = flatten_scores(predict_and_score(accelerator, model, loader, protocol), "eval_")
+    """The flat validation scores (`eval_*`) of the epoch just trained, printed and logged. Relations and groundings
+    are decoded at the thresholds best on validation (`choose_thresholds`; the config's for a task without gold
+    items), as the saved model will be (`calibrate_thresholds`): the epoch is chosen by the scores it is used with."""
+    predictions, references = predict_split(
+        accelerator, model, loader, protocol, relation_threshold=0.0, grounding_threshold=0.0
+    )
+    config = accelerator.unwrap_model(model).config
+    thresholds = {
+        "relation_threshold": config.relation_threshold,
+        "grounding_threshold": config.grounding_threshold,
+        **choose_thresholds(predictions, references),
+    }
+    scores = {
+        **flatten_scores(m3d_scores(apply_thresholds(predictions, thresholds), references), "eval_"),
+        **{f"eval_{name}": value for name, value in thresholds.items()},
+    }
     if accelerator.is_main_process:  # above the progress bar, which is drawn again below
-        tqdm.write(f"epoch {state['epoch'] - 1} (validation, {protocol})\n{results_table(scores, 'eval_')}")
+        tqdm.write(
+            f"epoch {state['epoch'] - 1} (validation, {protocol}, thresholds {thresholds})\n"
+            f"{results_table(scores, 'eval_')}"
+        )
     accelerator.log(scores, step=state["global_step"])
     return scores
 

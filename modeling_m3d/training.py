@@ -211,6 +211,23 @@ def choose_thresholds(predictions: Sequence[Mapping], references: Sequence[Mappi
     return chosen
 
 
+def apply_thresholds(predictions: Sequence[Mapping], thresholds: Mapping[str, float]) -> list[dict]:
+    """Documents decoded with both thresholds at 0, keeping only the relations and groundings whose `score` is at
+    least `thresholds["relation_threshold"]` and `thresholds["grounding_threshold"]` (what decoding with them
+    keeps)."""
+    minimum = {TASK_FIELDS[task]: thresholds[name] for task, name in _THRESHOLDS.items()}
+    return [
+        {
+            **document,
+            **{
+                key: [item for item in document[key] if item["score"] >= value]
+                for key, value in minimum.items()
+            },
+        }
+        for document in predictions
+    ]
+
+
 def parameter_groups(model, encoder_lr: float, head_lr: float, weight_decay: float = 0.0) -> list[dict]:
     """AdamW groups of the paper's recipe: pretrained encoders at `encoder_lr`, every other module at `head_lr`.
 

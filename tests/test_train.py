@@ -179,7 +179,12 @@ def test_the_saved_epoch_is_the_best_by_the_chosen_metric(tmp_path):
     scores = [epoch["eval_ner_f1"] for epoch in state["history"]]
     assert len(scores) == 3 and len(set(scores)) > 1  # a choice to make
     assert state["best_epoch"] == scores.index(max(scores)) and state["best_metric"] == max(scores)
-    assert json.loads((output / "all_results.json").read_text())["best_epoch"] == state["best_epoch"]
+    results = json.loads((output / "all_results.json").read_text())
+    assert results["best_epoch"] == state["best_epoch"]
+    # each epoch is scored at the decoding thresholds best on validation, those the saved model gets at the end
+    best = state["history"][state["best_epoch"]]
+    for name in ("relation_threshold", "grounding_threshold"):
+        assert best[f"eval_{name}"] == results[name], name
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
