@@ -82,6 +82,7 @@ from modeling_m3d.training import (
     predict_split,
     restore_default_mode,
     results_table,
+    selection_score,
     synthetic_data_root,
 )
 
@@ -181,7 +182,7 @@ class TrainArguments:
         default="average_f1",
         metadata={
             "help": "The validation score that picks the saved epoch (as in TrainingArguments): average_f1 (the "
-            "mean of the four tasks' F1) or one task's F1.",
+            "mean F1 of the tasks the model is trained on: all four, only entities for text-crf) or one task's F1.",
             "choices": ("average_f1", *(f"{task}_f1" for task in TASKS)),
         },
     )
@@ -477,7 +478,7 @@ def train(
         if "validation" in eval_dataloaders:
             scores = evaluate_epoch(accelerator, model, eval_dataloaders["validation"], args.protocol, state)
             state["history"][-1].update(scores)
-            metric = scores[f"eval_{args.metric_for_best_model}"]
+            metric = selection_score(scores, args.metric_for_best_model, accelerator.unwrap_model(model).config)
             if state["best_metric"] is None or metric > state["best_metric"]:
                 state.update(best_metric=metric, best_epoch=epoch)
                 save_model(accelerator, model, processor, output_dir)

@@ -211,6 +211,26 @@ def choose_thresholds(predictions: Sequence[Mapping], references: Sequence[Mappi
     return chosen
 
 
+# The terms of Eq. 24 (`M3DConfig.loss_weights`) that train each task.
+_LOSS_TERMS = {"ner": ("ner",), "coref": ("coref",), "re": ("re",), "grounding": ("grounding_type", "grounding_box")}
+
+
+def trained_tasks(config) -> list[str]:
+    """The tasks (`TASKS` order) with a nonzero loss weight (α of Eq. 24) in `config.loss_weights`; all four if
+    none has one. `text-crf`, for instance, trains `["ner"]` only."""
+    tasks = [task for task in TASKS if any(config.loss_weights[term] for term in _LOSS_TERMS[task])]
+    return tasks or list(TASKS)
+
+
+def selection_score(scores: Mapping[str, float], metric: str, config) -> float:
+    """The validation score (`eval_*` keys) that picks the saved epoch: `eval_<metric>`, except `average_f1`, the
+    mean F1 of the tasks the model is trained on (`trained_tasks`): untrained heads' scores are noise."""
+    if metric != "average_f1":
+        return scores[f"eval_{metric}"]
+    tasks = trained_tasks(config)
+    return sum(scores[f"eval_{task}_f1"] for task in tasks) / len(tasks)
+
+
 def apply_thresholds(predictions: Sequence[Mapping], thresholds: Mapping[str, float]) -> list[dict]:
     """Documents decoded with both thresholds at 0, keeping only the relations and groundings whose `score` is at
     least `thresholds["relation_threshold"]` and `thresholds["grounding_threshold"]` (what decoding with them

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from test_modeling import make_row
 
+from modeling_m3d.configuration_m3d import M3DConfig
 from modeling_m3d.modality import (
     MODALITY_MODES,
     assign_modalities,
@@ -36,6 +37,8 @@ from modeling_m3d.training import (
     full_parameters,
     model_card,
     override_config,
+    selection_score,
+    trained_tasks,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,6 +188,22 @@ def test_the_saved_epoch_is_the_best_by_the_chosen_metric(tmp_path):
     best = state["history"][state["best_epoch"]]
     for name in ("relation_threshold", "grounding_threshold"):
         assert best[f"eval_{name}"] == results[name], name
+
+
+def test_average_f1_selects_by_the_tasks_the_model_is_trained_on():
+    """text-crf's untrained heads score noise: its `average_f1` selection is by entity F1 alone."""
+    from modeling_m3d.systems import get_system
+
+    crf, full = M3DConfig(**get_system("text-crf").config), M3DConfig()
+    assert trained_tasks(crf) == ["ner"] and trained_tasks(full) == list(TASKS)
+    epochs = [{"eval_ner_f1": 0.5, "eval_coref_f1": 0.9, "eval_re_f1": 0.1, "eval_grounding_f1": 0.0},
+              {"eval_ner_f1": 0.6, "eval_coref_f1": 0.4, "eval_re_f1": 0.1, "eval_grounding_f1": 0.0}]  # fmt: skip
+    for scores in epochs:
+        scores["eval_average_f1"] = sum(scores.values()) / 4
+    best = {name: max(range(2), key=lambda e, c=config: selection_score(epochs[e], "average_f1", c))
+            for name, config in (("crf", crf), ("full", full))}  # fmt: skip
+    assert best == {"crf": 1, "full": 0}
+    assert selection_score(epochs[0], "re_f1", crf) == 0.1
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
