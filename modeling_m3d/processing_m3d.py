@@ -17,7 +17,15 @@ from transformers import BatchFeature, ProcessorMixin
 
 from . import schema
 from .decoding_m3d import documents_from_decoded
-from .schema import ENTITY_TYPES, GROUNDING_TYPES, IGNORE_INDEX, RELATION_TYPES, check_language, join_tokens
+from .schema import (
+    ENTITY_TYPES,
+    GROUNDING_TYPES,
+    IGNORE_INDEX,
+    RELATION_TYPES,
+    SYMMETRIC_RELATION_TYPES,
+    check_language,
+    join_tokens,
+)
 
 
 def _records(value: Any) -> list[dict]:
@@ -145,6 +153,10 @@ class M3DProcessor(ProcessorMixin):
         entity_types (`list[str]`, *optional*): entity labels, in the model config's order.
         relation_types (`list[str]`, *optional*): relation labels; a row naming another type is an error.
         grounding_types (`list[str]`, *optional*): grounding labels.
+        symmetric_relation_types (`list[str]`, *optional*): relation types whose subject and object may be swapped;
+            the relation labels hold each of their relations in both directions (the release annotates one,
+            in no fixed order, and a reverse direction labelled "no relation" would contradict it). Defaults to
+            those of `relation_types` in `schema.SYMMETRIC_RELATION_TYPES` (which the relation scorer also reads).
         max_frames (`int`, *optional*, defaults to 8): frames beyond it are subsampled evenly, in order
             (``None`` keeps all). For a video encoder (VideoMAE, ViViT), its config's `num_frames`: the model
             shows a row's kept frames as one clip of that many frames (`M3DTubeletFrames`), which holds no more.
@@ -171,6 +183,7 @@ class M3DProcessor(ProcessorMixin):
         entity_types: list[str] | None = None,
         relation_types: list[str] | None = None,
         grounding_types: list[str] | None = None,
+        symmetric_relation_types: list[str] | None = None,
         max_frames: int | None = 8,
         lang: str = "en",
         pad_to_multiple_of: int | None = None,
@@ -179,6 +192,12 @@ class M3DProcessor(ProcessorMixin):
         self.entity_types = list(entity_types if entity_types is not None else ENTITY_TYPES)
         self.relation_types = list(relation_types if relation_types is not None else RELATION_TYPES)
         self.grounding_types = list(grounding_types if grounding_types is not None else GROUNDING_TYPES)
+        if symmetric_relation_types is None:
+            symmetric_relation_types = [name for name in self.relation_types if name in SYMMETRIC_RELATION_TYPES]
+        unknown = sorted(set(symmetric_relation_types) - set(self.relation_types))
+        if unknown:
+            raise ValueError(f"symmetric_relation_types {unknown} are not in relation_types")
+        self.symmetric_relation_types = list(symmetric_relation_types)
         if max_frames is not None and (type(max_frames) is not int or max_frames < 1):
             raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}")
         self.max_frames = max_frames
@@ -415,7 +434,8 @@ class M3DProcessor(ProcessorMixin):
     def _relation_labels(self, rows: list[Mapping], chain_mask: torch.Tensor, ids: list[str]) -> torch.Tensor:
         """(B, C, C) [subject, object]: 0 no relation, k + 1 for ``relation_types[k]``; -100 on padding (Eq. 21).
 
-        When one chain pair carries two types, the first in release order wins.
+        When one chain pair carries two types, the first in release order wins. A relation of a symmetric type
+        (`symmetric_relation_types`) also labels the reverse direction, unless that one holds a relation itself.
         """
         num_chains = chain_mask.sum(dim=1).tolist()
         rows_index, triples = [], []
@@ -435,6 +455,9 @@ class M3DProcessor(ProcessorMixin):
                 triples.append(
                     (relation["subject"], relation["object"], self.relation_types.index(relation["type"]))
                 )
+        symmetric = {self.relation_types.index(name) for name in self.symmetric_relation_types}
+        reverse = [(b, (o, s, kind)) for b, (s, o, kind) in zip(rows_index, triples, strict=True) if kind in symmetric]
+        rows_index, triples = rows_index + [b for b, _ in reverse], triples + [triple for _, triple in reverse]
         size = chain_mask.shape[1]
         labels = torch.zeros((len(rows), size, size), dtype=torch.long)
         if triples:

@@ -11,6 +11,7 @@ from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, ViTImageProcessorPil
 
 from modeling_m3d.processing_m3d import IGNORE_INDEX, M3DProcessor, subsample_indices
+from modeling_m3d.schema import SYMMETRIC_RELATION_TYPES
 from modeling_m3d.testing import build_tokenizer, tiny_image_processor, tiny_model_and_processor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,6 +108,33 @@ def test_full_row_labels(processor):
     member = processor.relation_types.index("PER-ORG_member") + 1
     residence = processor.relation_types.index("PER-LOC_residence") + 1
     assert batch["re_labels"][0].tolist() == [[x, member, residence], [0, x, 0], [0, 0, x]]
+
+
+def test_symmetric_relations_label_both_directions(processor):
+    """A symmetric type is annotated in one direction, in no fixed order: its reverse is labelled with it too,
+    unless the reverse pair holds a relation of its own; other types label their direction only."""
+    relations = [
+        {"subject": 1, "object": 0, "type": "PER-PER_couple"},
+        {"subject": 2, "object": 0, "type": "PER-PER_colleague"},
+        {"subject": 0, "object": 2, "type": "PER-PER_parents"},
+        {"subject": 0, "object": 3, "type": "PER-LOC_birth"},
+    ]
+    row = full_row(
+        tokens=["Ann", "and", "Bob", "met", "Cy", "in", "Rome", "."],
+        entities=[{"start": 0, "end": 1, "type": "PER", "chain": 0}, {"start": 2, "end": 3, "type": "PER", "chain": 1},
+                  {"start": 4, "end": 5, "type": "PER", "chain": 2}, {"start": 6, "end": 7, "type": "LOC", "chain": 3}],
+        chains=[{"id": f"L{k}", "type": t} for k, t in enumerate(["PER", "PER", "PER", "LOC"])],
+        relations=relations, groundings=[],
+    )  # fmt: skip
+    labels = processor([row])["re_labels"][0]
+    label = {name: processor.relation_types.index(name) + 1 for name in (r["type"] for r in relations)}
+    assert labels[1, 0] == labels[0, 1] == label["PER-PER_couple"]
+    assert labels[2, 0] == label["PER-PER_colleague"] and labels[0, 2] == label["PER-PER_parents"]
+    assert labels[0, 3] == label["PER-LOC_birth"] and labels[3, 0] == 0
+    unmirrored = M3DProcessor(processor.image_processor, processor.tokenizer, symmetric_relation_types=[])
+    assert unmirrored([row])["re_labels"][0, 0, 1] == 0
+    with pytest.raises(ValueError, match=r"symmetric_relation_types \['PER-PER_friend'\] are not in relation_types"):
+        M3DProcessor(processor.image_processor, processor.tokenizer, symmetric_relation_types=["PER-PER_friend"])
 
 
 def test_outer_mention_wins_whatever_the_order(processor):
@@ -257,6 +285,7 @@ def test_save_and_autoprocessor_round_trip(tmp_path):
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert type(loaded) is M3DProcessor
     assert (loaded.relation_types, loaded.max_frames, loaded.lang) == (["A-B_x"], 2, "en")
+    assert loaded.symmetric_relation_types == []
     assert (
         loaded.entity_types == processor.entity_types and loaded.grounding_types == processor.grounding_types
     )
@@ -308,6 +337,8 @@ def test_real_dev_rows_through_builder(tmp_path):
         spans = [[e["start"], e["end"]] for e in row["entities"]]
         assert batch["entity_spans"][i, : len(spans)].tolist() == spans
         pairs = {(r["subject"], r["object"]) for r in row["relations"] if r["subject"] != r["object"]}
+        symmetric = {(r["subject"], r["object"]) for r in row["relations"] if r["type"] in SYMMETRIC_RELATION_TYPES}
+        pairs |= {(o, s) for s, o in pairs & symmetric}  # a symmetric type labels both directions
         assert int((batch["re_labels"][i] > 0).sum()) == len(pairs)
         outer = [s for s in spans if not any(o[0] <= s[0] and s[1] <= o[1] and o != s for o in spans)]
         assert int((batch["ner_labels"][i] % 2 == 1).sum()) == len(outer)  # one B- per outer mention
