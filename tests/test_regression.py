@@ -2,7 +2,9 @@
 gives the same losses and the same predictions, both protocols, on a fixed batch with a text-missing and a
 video-missing row (`regression_rows.py`). Decoded as recorded: every grounding slot whose best class is a type
 (`grounding_threshold=0`); the relations were recorded again when their rule changed from the arg-max to a
-probability of some relation ≥ 0.5 (`config.relation_threshold`), one per pair of chains."""
+probability of some relation ≥ 0.5 (`config.relation_threshold`), one per pair of chains. The relation labels are
+built as recorded, in the annotated direction only (`symmetric_relation_types=[]`; the processor now also labels
+the reverse of a symmetric relation, a change of the labels, not of the model, tested in `test_processing.py`)."""
 
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ def _close(actual, expected, where: str) -> None:
 def test_losses_and_predictions_are_unchanged(name):
     folder = FIXTURES / name
     expected = json.loads((folder / "expected.json").read_text(encoding="utf-8"))
-    model, processor = M3DModel.from_pretrained(folder), M3DProcessor.from_pretrained(folder)
+    model = M3DModel.from_pretrained(folder)
+    processor = M3DProcessor.from_pretrained(folder, symmetric_relation_types=[])
     batch = processor(regression_rows(), return_tensors="pt")
     with torch.no_grad():
         output = model(**batch)
