@@ -490,7 +490,8 @@ def train(
     train_seconds = time.time() - start
 
     results = final_scores(accelerator, eval_dataloaders, args.protocol, state, output_dir)
-    results.update(best_epoch=state["best_epoch"], train_seconds=round(train_seconds, 1), seed=seed,
+    results.update(best_epoch=state["best_epoch"], best_metric=state["best_metric"],
+                   metric_for_best_model=args.metric_for_best_model, train_seconds=round(train_seconds, 1), seed=seed,
                    protocol=args.protocol, missing_modality_ratio=data_args.missing_modality_ratio,
                    recipe=recipe.to_dict())  # fmt: skip
     if accelerator.is_main_process:

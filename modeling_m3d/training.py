@@ -476,7 +476,7 @@ def _card_model(config, encoders: tuple[str | None, str | None], recipe: Recipe 
     fusion = {"dffm": "the denoised feature fusion module (DFFM, a VAE-denoised cross-attention in both directions)",
               "none": "no fusion (each modality alone)", "one_stream": "a one-stream (concatenated) transformer",
               "two_stream": "a two-stream cross-attention fusion"}[config.fusion]  # fmt: skip
-    mmcm = "with" if config.use_mmcm else "without"
+    mmcm = "with" if config.uses_mmcm else "without"
     lines = [
         "## Model",
         "",

@@ -183,7 +183,8 @@ def test_the_saved_epoch_is_the_best_by_the_chosen_metric(tmp_path):
     assert len(scores) == 3 and len(set(scores)) > 1  # a choice to make
     assert state["best_epoch"] == scores.index(max(scores)) and state["best_metric"] == max(scores)
     results = json.loads((output / "all_results.json").read_text())
-    assert results["best_epoch"] == state["best_epoch"]
+    assert results["best_epoch"] == state["best_epoch"] and results["best_metric"] == state["best_metric"]
+    assert results["metric_for_best_model"] == "ner_f1"
     # each epoch is scored at the decoding thresholds best on validation, those the saved model gets at the end
     best = state["history"][state["best_epoch"]]
     for name in ("relation_threshold", "grounding_threshold"):
@@ -392,6 +393,12 @@ def test_seed_aggregation_and_model_card():
         "test` documents (21)" in card.text and "end_to_end` protocol (every output is predicted" in card.text
     )
     assert "More Information Needed" not in card.text and "synthetic" not in card.text.lower()
+    assert "DFFM" in card.text and "with the missing-modality construction module" in card.text
+    # without the DFFM there is no MMCM (it generates the DFFM's keys), whatever `use_mmcm` says
+    unfused = override_config(model.config, {"fusion": "none"})
+    card = model_card({**flat, "test_average_f1": 0.5}, model_name="m3d-en", config=unfused, data=data,
+                      split="test", protocol="end_to_end", missing_modality_ratio=0.0)  # fmt: skip
+    assert unfused.use_mmcm and "no fusion (each modality alone), without the missing-modality" in card.text
     with pytest.raises(ValueError, match="unknown protocol"):
         model_card({**flat, "test_average_f1": 0.5}, model_name="x", config=model.config, data=data, split="test",
                    protocol="gold", missing_modality_ratio=0.0)  # fmt: skip
