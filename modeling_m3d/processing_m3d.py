@@ -154,8 +154,9 @@ class M3DProcessor(ProcessorMixin):
         relation_types (`list[str]`, *optional*): relation labels; a row naming another type is an error.
         grounding_types (`list[str]`, *optional*): grounding labels.
         symmetric_relation_types (`list[str]`, *optional*): relation types whose subject and object may be swapped;
-            the relation labels hold each of their relations in both directions (the release annotates one,
-            in no fixed order, and a reverse direction labelled "no relation" would contradict it). Defaults to
+            the relation labels hold each of their relations in both directions (the release annotates one
+            direction, which the relation scorer does not require, so a reverse labelled "no relation" would
+            contradict the scoring). Defaults to
             those of `relation_types` in `schema.SYMMETRIC_RELATION_TYPES` (which the relation scorer also reads).
         max_frames (`int`, *optional*, defaults to 8): frames beyond it are subsampled evenly, in order
             (``None`` keeps all). For a video encoder (VideoMAE, ViViT), its config's `num_frames`: the model

@@ -111,7 +111,7 @@ def test_full_row_labels(processor):
 
 
 def test_symmetric_relations_label_both_directions(processor):
-    """A symmetric type is annotated in one direction, in no fixed order: its reverse is labelled with it too,
+    """A symmetric type is annotated in one direction, either of which the scorer accepts: its reverse is labelled too,
     unless the reverse pair holds a relation of its own; other types label their direction only."""
     relations = [
         {"subject": 1, "object": 0, "type": "PER-PER_couple"},
