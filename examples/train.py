@@ -33,6 +33,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -260,6 +261,17 @@ def config_overrides(model_args: ModelArguments) -> dict:
     return overrides
 
 
+def merged_fields(*layers: Mapping) -> dict:
+    """M3DConfig fields set by each layer in turn, later layers winning; a dict-valued field (`loss_weights`) is
+    updated key by key, so that `{"loss_weights": {"re": 30}}` over a recipe's keeps the recipe's other weights."""
+    fields = {}
+    for layer in layers:
+        for key, value in layer.items():
+            previous = fields.get(key)
+            fields[key] = {**previous, **value} if isinstance(value, Mapping) and isinstance(previous, Mapping) else value
+    return fields
+
+
 def build_model_and_processor(
     model_args: ModelArguments, data_args: DataArguments, recipe: Recipe, train_rows: datasets.Dataset
 ) -> tuple[M3DModel, M3DProcessor]:
@@ -268,9 +280,9 @@ def build_model_and_processor(
     recipe's `text_config`; the tiny vision encoder is the --system's kind). The recipe's `model_config`, then the
     system's fields, then --config_overrides, set M3DConfig fields."""
     system = get_system(model_args.system) if model_args.system else None
-    overrides = {**(system.config if system else {}), **config_overrides(model_args)}
+    overrides = merged_fields(system.config if system else {}, config_overrides(model_args))
     nested = {key: overrides.pop(key) for key in ("text_config", "vision_config") if key in overrides}
-    top_level = {**recipe.model_config, **overrides}
+    top_level = merged_fields(recipe.model_config, overrides)
     if "fusion" not in top_level and not count_frames(train_rows):
         # MiniLM-L6, EN dev file, 4 epochs, cut 0, test entity / chain / relation F1: 78.8 / 76.9 / 25.2 with the
         # DFFM and MMCM, 80.8 / 78.4 / 31.4 without (tiny encoders, three cuts: entity 50.4 -> 53.0); see README.

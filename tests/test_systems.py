@@ -217,6 +217,26 @@ def test_train_script_fuses_nothing_when_no_training_document_has_frames(monkeyp
     assert fusion(text_only, system="m3d-no-mmcm", tiny_encoders=True) == "dffm"
 
 
+def test_config_overrides_update_the_recipes_loss_weights_key_by_key(monkeypatch):
+    """`--config_overrides '{"loss_weights": {"re": 30}}'` over the `finetune` recipe's weights (coreference and
+    relations at 10) changes α_re only; a system's weights (`text-crf`: NER alone) apply the same way."""
+    from accelerate import PartialState
+
+    PartialState(cpu=True)
+    train = _train_script(monkeypatch)
+    data_args, recipe = train.DataArguments(lang="en"), train.RECIPES["finetune"]
+    rows = datasets.Dataset.from_list([make_row(i, video=False) for i in range(2)])
+
+    def weights(**model_args) -> dict:
+        model, _ = train.build_model_and_processor(train.ModelArguments(**model_args), data_args, recipe, rows)
+        return model.config.loss_weights
+
+    assert weights(config_overrides='{"loss_weights": {"re": 30}}') == {**weights(), "re": 30.0}
+    assert weights()["coref"] == 10.0
+    only_ner = weights(system="text-crf", tiny_encoders=True, config_overrides='{"loss_weights": {"ner": 2}}')
+    assert only_ner["ner"] == 2.0 and not any(value for key, value in only_ner.items() if key != "ner")
+
+
 def test_train_script_runs_a_video_system_on_encoders_passed_by_folder(tokenizer, tmp_path):
     """`--system videomae-ts` with a tiny Longformer and a tiny VideoMAE saved with their tokenizer and image
     processor: the processor keeps the clip's 16 frames, and the trained model reloads with the Auto classes."""
