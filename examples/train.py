@@ -18,10 +18,10 @@ configs (`modeling_m3d.testing`). The training settings come from a named recipe
 printed at the start and stored in all_results.json and the model card: `--recipe paper` (exactly Section VI-C:
 AdamW, learning rate 5e-6 for the encoders and 1e-3 for the rest, linear schedule, clipping 5.0, 20 epochs, batch
 size 1); `--recipe finetune`, the default with `--text_encoder`: the same with the encoders at 5e-5, the NER loss
-summed over each document's words, α = 10 for coreference and 30 for relations and `relation_context=2`; or `--recipe small`, the default
-without one: 2e-3 throughout, a 2-layer,
-128-wide text encoder when it is built from a config, and three knobs beyond the paper. Flags given explicitly
-(`--learning_rate`, `--num_train_epochs`, ...) override the recipe's values. The missing-modality thirds are cut with
+summed over each document's words, α = 2 / 10 / 30 for NER / coreference / relations and `relation_context=2`;
+or `--recipe small`, the default without one: 2e-3 throughout, a 2-layer, 128-wide text encoder when it is built
+from a config, and three knobs beyond the paper. Flags given explicitly (`--learning_rate`, `--num_train_epochs`,
+...) override the recipe's values. The missing-modality thirds are cut with
 a fixed seed (written to OUTPUT/modality_manifest.json).
 """
 
@@ -263,7 +263,7 @@ def config_overrides(model_args: ModelArguments) -> dict:
 
 def merged_fields(*layers: Mapping) -> dict:
     """M3DConfig fields set by each layer in turn, later layers winning; a dict-valued field (`loss_weights`) is
-    updated key by key, so that `{"loss_weights": {"re": 30}}` over a recipe's keeps the recipe's other weights."""
+    updated key by key, so that `{"loss_weights": {"re": 50}}` over a recipe's keeps the recipe's other weights."""
     fields = {}
     for layer in layers:
         for key, value in layer.items():

@@ -218,8 +218,8 @@ def test_train_script_fuses_nothing_when_no_training_document_has_frames(monkeyp
 
 
 def test_config_overrides_update_the_recipes_loss_weights_key_by_key(monkeypatch):
-    """`--config_overrides '{"loss_weights": {"re": 30}}'` over the `finetune` recipe's weights (coreference and
-    relations at 10) changes α_re only; a system's weights (`text-crf`: NER alone) apply the same way."""
+    """`--config_overrides '{"loss_weights": {"re": 50}}'` over the `finetune` recipe's weights (NER 2,
+    coreference 10, relations 30) changes α_re only; a system's weights (`text-crf`: NER alone) apply the same way."""
     from accelerate import PartialState
 
     PartialState(cpu=True)
@@ -231,7 +231,7 @@ def test_config_overrides_update_the_recipes_loss_weights_key_by_key(monkeypatch
         model, _ = train.build_model_and_processor(train.ModelArguments(**model_args), data_args, recipe, rows)
         return model.config.loss_weights
 
-    assert weights(config_overrides='{"loss_weights": {"re": 30}}') == {**weights(), "re": 30.0}
+    assert weights(config_overrides='{"loss_weights": {"re": 50}}') == {**weights(), "re": 50.0}
     assert weights()["coref"] == 10.0
     only_ner = weights(system="text-crf", tiny_encoders=True, config_overrides='{"loss_weights": {"ner": 2}}')
     assert only_ner["ner"] == 2.0 and not any(value for key, value in only_ner.items() if key != "ner")

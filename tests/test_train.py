@@ -342,7 +342,7 @@ def test_recipes_name_the_papers_settings_and_flags_override_them():
     )
     assert finetune.model_config == {
         "ner_loss_normalization": "document",
-        "loss_weights": {"coref": 10.0, "re": 30.0},
+        "loss_weights": {"ner": 2.0, "coref": 10.0, "re": 30.0},
         "relation_context": 2,
     }
 
