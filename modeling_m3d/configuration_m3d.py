@@ -86,6 +86,10 @@ class M3DConfig(PreTrainedConfig):
         relation_between (`bool`, defaults to `False`): beyond the paper, the relation head also reads, for each
             pair of chains, the mean of the words between their two closest mentions ("X , whose father Y"),
             through a two-layer perceptron added to the biaffine scores of Eq. 17.
+        relation_none_weight (`float`, defaults to 1.0): beyond the paper, the weight of class 0 ("no relation")
+            in the relation cross-entropy (Eq. 21; a weighted mean over the chain pairs): most chain pairs of a
+            document have no relation, and a weight below 1 gives the few related ones more of the loss. 1.0 is
+            the paper's.
         loss_weights (`dict[str, float]`): α of Eq. 24 over `ner`, `coref`, `re`, `grounding_type`,
             `grounding_box`; missing keys take the defaults (1.0 each, 5.0 for `grounding_box`).
         ner_loss_normalization (`str`, defaults to `"word"`): how the CRF negative log-likelihood (Eq. 19) is
@@ -142,6 +146,7 @@ class M3DConfig(PreTrainedConfig):
     bilinear_dim: int = 256
     relation_context: int = 0
     relation_between: bool = False
+    relation_none_weight: float | int = 1.0
     loss_weights: dict[str, float | int] | None = None
     ner_loss_normalization: Literal["word", "document"] = "word"
     relation_threshold: float | int = 0.5
@@ -180,6 +185,8 @@ class M3DConfig(PreTrainedConfig):
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"M3DConfig: `{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.relation_none_weight <= 0:  # a document whose pairs are all "no relation" would weigh nothing
+            raise ValueError(f"M3DConfig: `relation_none_weight` must be > 0, got {self.relation_none_weight}.")
         if self.latent_dim % self.fusion_heads:
             raise ValueError(
                 f"M3DConfig: `fusion_heads` ({self.fusion_heads}) must divide `latent_dim` ({self.latent_dim})."

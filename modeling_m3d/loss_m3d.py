@@ -45,12 +45,18 @@ def crf_negative_log_likelihood(
     return -likelihood.sum() / (mask.sum() if normalization == "word" else len(likelihood))
 
 
-def pair_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def pair_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, none_weight: float = 1.0) -> torch.Tensor:
     """Eq. 20–21: mean cross-entropy over the labelled pairs; logits (B, N, N, classes), labels (B, N, N) with
-    -100 on padding and the diagonal. 0 (keeping the graph) when a batch has no labelled pair."""
+    -100 on padding and the diagonal. With `none_weight` ≠ 1, class 0 ("no relation") counts that much and the
+    mean is weighted (`torch.nn.functional.cross_entropy`'s `weight`). 0 (keeping the graph) when a batch has no
+    labelled pair."""
     if not (labels != IGNORE_INDEX).any():
         return logits.sum() * 0
-    return F.cross_entropy(logits.flatten(0, -2), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    weight = None
+    if none_weight != 1:
+        weight = logits.new_ones(logits.shape[-1])
+        weight[0] = none_weight
+    return F.cross_entropy(logits.flatten(0, -2), labels.reshape(-1), weight=weight, ignore_index=IGNORE_INDEX)
 
 
 @torch.no_grad()
@@ -122,6 +128,7 @@ class M3DLoss:
         self.weights = config.loss_weights
         self.kl_weight = config.vae_kl_weight
         self.none_weight = config.grounding_none_weight
+        self.relation_none_weight = config.relation_none_weight
         self.ner_normalization = config.ner_loss_normalization
 
     def __call__(
@@ -148,7 +155,7 @@ class M3DLoss:
         if coref_labels is not None and coref_logits is not None:
             losses["coref"] = pair_cross_entropy(coref_logits, coref_labels)
         if re_labels is not None and re_logits is not None:
-            losses["re"] = pair_cross_entropy(re_logits, re_labels)
+            losses["re"] = pair_cross_entropy(re_logits, re_labels, self.relation_none_weight)
         if grounding_labels is not None and grounding_label_boxes is not None:
             losses["grounding_type"], losses["grounding_box"] = grounding_losses(
                 grounding_logits,

@@ -337,6 +337,7 @@ def test_ablation_flags_remove_their_modules(tokenizer):
         ({"vae_kl_weight": -1.0}, "vae_kl_weight"),
         ({"text_config": 3}, "text_config"),
         ({"grounding_pooling": "max"}, "grounding_pooling"),
+        ({"relation_none_weight": 0}, "relation_none_weight"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, match):
@@ -352,6 +353,27 @@ def test_config_rejects_bad_values(kwargs, match):
 def test_config_rejects_bad_label_sets_and_loss_terms(kwargs):
     with pytest.raises(ValueError, match="M3DConfig"):
         M3DConfig(**kwargs)
+
+
+def test_pair_cross_entropy_weights_the_no_relation_class():
+    logits = torch.randn(1, 3, 3, 4)
+    labels = torch.tensor([[[-100, 0, 2], [0, -100, 0], [3, -100, -100]]])
+    kept = labels != -100
+    each = torch.nn.functional.cross_entropy(logits[kept], labels[kept], reduction="none")
+    torch.testing.assert_close(pair_cross_entropy(logits, labels), each.mean())
+    weights = torch.where(labels[kept] == 0, 0.25, 1.0)
+    weighted = (weights * each).sum() / weights.sum()
+    torch.testing.assert_close(pair_cross_entropy(logits, labels, none_weight=0.25), weighted)
+
+
+def test_the_relation_loss_weights_no_relation_by_the_config(tokenizer, mixed_batch):
+    model, _ = build(tokenizer, relation_none_weight=0.25)
+    model.eval()
+    with torch.no_grad():
+        out = model(**mixed_batch)
+    expected = pair_cross_entropy(out.re_logits, mixed_batch["re_labels"], none_weight=0.25)
+    torch.testing.assert_close(out.re_loss, expected)
+    assert not torch.isclose(out.re_loss, pair_cross_entropy(out.re_logits, mixed_batch["re_labels"]))
 
 
 def test_config_reads_the_legacy_relation_loss_weight():
