@@ -18,7 +18,8 @@ configs (`modeling_m3d.testing`). The training settings come from a named recipe
 printed at the start and stored in all_results.json and the model card: `--recipe paper` (exactly Section VI-C:
 AdamW, learning rate 5e-6 for the encoders and 1e-3 for the rest, linear schedule, clipping 5.0, 20 epochs, batch
 size 1); `--recipe finetune`, the default with `--text_encoder`: the same with the encoders at 5e-5, the NER loss
-summed over each document's words, α = 2 / 10 / 30 for NER / coreference / relations and `relation_context=2`;
+summed over each document's words, α = 2 / 10 / 30 for NER / coreference / relations, "no relation" weighted 0.1
+in the relation loss (`relation_none_weight`) and `relation_context=2`;
 or `--recipe small`, the default without one: 2e-3 throughout, a 2-layer, 128-wide text encoder when it is built
 from a config, and three knobs beyond the paper. Flags given explicitly (`--learning_rate`, `--num_train_epochs`,
 ...) override the recipe's values. The missing-modality thirds are cut with

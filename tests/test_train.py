@@ -343,6 +343,7 @@ def test_recipes_name_the_papers_settings_and_flags_override_them():
     assert finetune.model_config == {
         "ner_loss_normalization": "document",
         "loss_weights": {"ner": 2.0, "coref": 10.0, "re": 30.0},
+        "relation_none_weight": 0.1,
         "relation_context": 2,
     }
 
