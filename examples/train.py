@@ -22,7 +22,9 @@ summed over each document's words, α = 2 / 10 / 30 for NER / coreference / rela
 in the relation loss (`relation_none_weight`) and `relation_context=2`;
 or `--recipe small`, the default without one: 2e-3 throughout, a 2-layer, 128-wide text encoder when it is built
 from a config, and three knobs beyond the paper. Flags given explicitly (`--learning_rate`, `--num_train_epochs`,
-...) override the recipe's values. The missing-modality thirds are cut with
+...) override the recipe's values, and the --system's fields, then --config_overrides, are merged into its
+`model_config` (dict-valued fields key by key): the recipe recorded is the one trained. The missing-modality thirds
+are cut with
 a fixed seed (written to OUTPUT/modality_manifest.json).
 """
 
@@ -47,6 +49,7 @@ import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
+from huggingface_hub.errors import StrictDataclassError
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import (
@@ -105,7 +108,9 @@ class ModelArguments:
     config_overrides: str | None = field(
         default=None,
         metadata={
-            "help": 'JSON object of M3DConfig fields, e.g. {"dropout": 0, "text_config": {"hidden_size": 64}}.'
+            "help": 'JSON object of M3DConfig fields over the recipe\'s and the system\'s, dicts merged key by '
+            'key, e.g. {"dropout": 0, "loss_weights": {"re": 50}, "text_config": {"hidden_size": 64}} (text_config '
+            "and vision_config with tiny encoders only)."
         },
     )
     system: str | None = field(
@@ -229,9 +234,15 @@ def parse_args() -> tuple[ModelArguments, DataArguments, TrainArguments]:
 
 def resolve_recipe(model_args: ModelArguments, args: TrainArguments) -> Recipe:
     """The named recipe (default: `finetune` with a pretrained text encoder, else `small`) with the flags given
-    explicitly in its place."""
+    explicitly in its place, and the M3DConfig fields of the --system, then of --config_overrides, merged into its
+    `model_config` (a `text_config` override into its `text_config`): the recipe printed, stored and trained.
+
+    Raises:
+        ValueError: an override that is no M3DConfig field or a value the config refuses, or a sub-config override
+            with a pretrained text encoder; raised before anything is written.
+    """
     name = args.recipe or ("finetune" if model_args.text_encoder else "small")
-    return RECIPES[name].with_overrides(
+    recipe = RECIPES[name].with_overrides(
         encoder_learning_rate=args.encoder_learning_rate,
         learning_rate=args.learning_rate,
         num_train_epochs=args.num_train_epochs,
@@ -240,6 +251,13 @@ def resolve_recipe(model_args: ModelArguments, args: TrainArguments) -> Recipe:
         warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay,
     )
+    system = get_system(model_args.system) if model_args.system else None
+    fields = merged_fields(recipe.model_config, system.config if system else {}, config_overrides(model_args))
+    text_config = fields.pop("text_config", {})
+    if model_args.text_encoder and (text_config or "vision_config" in fields):
+        raise ValueError("--config_overrides: sub-config overrides (text_config, vision_config) need tiny encoders")
+    check_model_config(fields)
+    return replace(recipe, model_config=fields, text_config={**recipe.text_config, **text_config})
 
 
 def apply_system(model_args: ModelArguments, lang: str) -> ModelArguments:
@@ -262,6 +280,18 @@ def config_overrides(model_args: ModelArguments) -> dict:
     return overrides
 
 
+def check_model_config(fields: Mapping) -> None:
+    """Refuses a field M3DConfig lacks, or a value its checks (`validate_architecture`, the field types) refuse,
+    with the config's own message (huggingface_hub's strict-dataclass errors wrap it)."""
+    unknown = sorted(set(fields) - set(M3DConfig().to_dict()))
+    if unknown:
+        raise ValueError(f"--config_overrides: {unknown} are not M3DConfig fields")
+    try:
+        M3DConfig(**fields)
+    except (StrictDataclassError, TypeError, ValueError) as error:
+        raise ValueError(f"--config_overrides: {error.__cause__ or error}") from error
+
+
 def merged_fields(*layers: Mapping) -> dict:
     """M3DConfig fields set by each layer in turn, later layers winning; a dict-valued field (`loss_weights`) is
     updated key by key, so that `{"loss_weights": {"re": 50}}` over a recipe's keeps the recipe's other weights."""
@@ -279,11 +309,10 @@ def build_model_and_processor(
     """Pretrained encoders when named (with their tokenizer and image processor), else a tokenizer trained on the
     training split and encoders built from configs (`modeling_m3d.testing`, the text encoder's widened by the
     recipe's `text_config`; the tiny vision encoder is the --system's kind). The recipe's `model_config`, then the
-    system's fields, then --config_overrides, set M3DConfig fields."""
+    system's fields, then --config_overrides (all merged by `resolve_recipe`), set M3DConfig fields."""
     system = get_system(model_args.system) if model_args.system else None
-    overrides = merged_fields(system.config if system else {}, config_overrides(model_args))
-    nested = {key: overrides.pop(key) for key in ("text_config", "vision_config") if key in overrides}
-    top_level = merged_fields(recipe.model_config, overrides)
+    top_level = dict(recipe.model_config)
+    nested = {key: top_level.pop(key) for key in ("vision_config",) if key in top_level}
     if "fusion" not in top_level and not count_frames(train_rows):
         # MiniLM-L6, EN dev file, 4 epochs, cut 0, test entity / chain / relation F1: 78.8 / 76.9 / 25.2 with the
         # DFFM and MMCM, 80.8 / 78.4 / 31.4 without (tiny encoders, three cuts: entity 50.4 -> 53.0); see README.
@@ -299,7 +328,7 @@ def build_model_and_processor(
             raise ValueError("--vision_encoder needs --text_encoder (tiny encoders are built only as a pair)")
         texts = [join_tokens(tokens, data_args.lang) for tokens in train_rows["tokens"] if tokens]
         tokenizer = build_tokenizer(texts, data_args.lang, vocab_size=model_args.vocab_size)
-        nested["text_config"] = {**recipe.text_config, **nested.get("text_config", {})}
+        nested["text_config"] = dict(recipe.text_config)
         vision_config = system.tiny_vision_config() if system else None
         max_frames = frames_per_row(vision_config, data_args.max_frames)
         config = override_config(
@@ -307,8 +336,6 @@ def build_model_and_processor(
         )
         image_processor = system.tiny_image_processor() if system else tiny_image_processor()
         return M3DModel(config), make_processor(config, tokenizer, image_processor, data_args.lang)
-    if nested:
-        raise ValueError(f"--config_overrides: sub-config overrides {sorted(nested)} need tiny encoders")
     tokenizer = AutoTokenizer.from_pretrained(model_args.text_encoder, add_prefix_space=True)
     if model_args.vision_encoder:
         vision, image_processor = model_args.vision_encoder, _image_processor(model_args.vision_encoder)

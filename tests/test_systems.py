@@ -20,6 +20,7 @@ from modeling_m3d.modeling_m3d import M3DModel, M3DTubeletFrames, patch_grid
 from modeling_m3d.processing_m3d import M3DProcessor, frame_pixels
 from modeling_m3d.systems import PAPER_TEXT_ENCODERS, SYSTEMS, TABLE3, TABLE4, frames_per_row, get_system
 from modeling_m3d.testing import build_tokenizer, tiny_config
+from modeling_m3d.training import RECIPES, describe_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 ENCODER_CLASSES = {"vit": "ViTModel", "videomae": "VideoMAEModel", "vivit": "VivitModel", None: "ViTModel"}
@@ -177,6 +178,47 @@ def _train_script(monkeypatch):
     return module
 
 
+def _build(train, rows: datasets.Dataset, recipe: str, **model_args):
+    """The model train.py builds on `rows` with `recipe` and these ModelArguments (the recipe resolved as main does)."""
+    model_args = train.ModelArguments(**model_args)
+    resolved = train.resolve_recipe(model_args, train.TrainArguments(output_dir="unused", recipe=recipe))
+    model, _ = train.build_model_and_processor(model_args, train.DataArguments(lang="en"), resolved, rows)
+    return model
+
+
+def test_the_resolved_recipe_records_the_system_and_the_overrides_and_refuses_bad_ones(monkeypatch):
+    """What is printed, stored in all_results.json and written to the model card is the recipe with the --system's
+    fields and --config_overrides merged in; a bad override is refused with the config's own message, before
+    anything is built or written."""
+    train = _train_script(monkeypatch)
+    args = train.TrainArguments(output_dir="unused")
+
+    def resolved(**model_args):
+        return train.resolve_recipe(train.ModelArguments(**model_args), args)
+
+    finetune = resolved(text_encoder="folder", config_overrides='{"loss_weights": {"re": 50}, "dropout": 0.2}')
+    assert finetune.name == "finetune" and finetune.model_config == {
+        **RECIPES["finetune"].model_config,
+        "loss_weights": {**RECIPES["finetune"].model_config["loss_weights"], "re": 50},
+        "dropout": 0.2,
+    }
+    assert "'re': 50" in describe_recipe(finetune) and "'dropout': 0.2" in describe_recipe(finetune)
+    crf = resolved(system="text-crf", tiny_encoders=True, config_overrides='{"text_config": {"num_hidden_layers": 3}}')
+    assert crf.model_config["fusion"] == "none" and crf.model_config["loss_weights"]["coref"] == 0.0
+    assert crf.text_config == {**RECIPES["small"].text_config, "num_hidden_layers": 3}
+    for overrides, message in (
+        ('{"relation_none_weight": 0}', "`relation_none_weight` must be > 0"),
+        ('{"fusion": "late"}', "'fusion' expected one of"),
+        ('{"dropuot": 0.1}', r"\['dropuot'\] are not M3DConfig fields"),
+        ('{"loss_weights": {"rel": 1}}', "unknown `loss_weights` keys"),
+        ("[1]", "must be a JSON object"),
+    ):
+        with pytest.raises(ValueError, match=f"--config_overrides.*{message}"):
+            resolved(tiny_encoders=True, config_overrides=overrides)
+    with pytest.raises(ValueError, match="sub-config overrides .* need tiny encoders"):
+        resolved(text_encoder="folder", config_overrides='{"text_config": {"hidden_size": 64}}')
+
+
 def test_train_script_takes_the_papers_encoders_unless_named_or_tiny(monkeypatch):
     train = _train_script(monkeypatch)
     args = train.ModelArguments(system="vivit-ts")
@@ -200,14 +242,12 @@ def test_train_script_fuses_nothing_when_no_training_document_has_frames(monkeyp
 
     PartialState(cpu=True)  # train.py logs through accelerate
     train = _train_script(monkeypatch)
-    data_args, recipe = train.DataArguments(lang="en"), train.RECIPES["small"]
     with_frames = datasets.Dataset.from_list([make_row(i) for i in range(3)])
     text_only = datasets.Dataset.from_list([make_row(i, video=False) for i in range(3)])
     assert train.count_frames(with_frames) == 1 + 2 + 3 and train.count_frames(text_only) == 0
 
     def fusion(rows, **model_args) -> str:
-        model, _ = train.build_model_and_processor(train.ModelArguments(**model_args), data_args, recipe, rows)
-        return model.config.fusion
+        return _build(train, rows, "small", **model_args).config.fusion
 
     assert fusion(with_frames) == "dffm"
     with caplog.at_level("WARNING"):
@@ -224,12 +264,10 @@ def test_config_overrides_update_the_recipes_loss_weights_key_by_key(monkeypatch
 
     PartialState(cpu=True)
     train = _train_script(monkeypatch)
-    data_args, recipe = train.DataArguments(lang="en"), train.RECIPES["finetune"]
     rows = datasets.Dataset.from_list([make_row(i, video=False) for i in range(2)])
 
     def weights(**model_args) -> dict:
-        model, _ = train.build_model_and_processor(train.ModelArguments(**model_args), data_args, recipe, rows)
-        return model.config.loss_weights
+        return _build(train, rows, "finetune", **model_args).config.loss_weights
 
     assert weights(config_overrides='{"loss_weights": {"re": 50}}') == {**weights(), "re": 50.0}
     assert weights()["coref"] == 10.0

@@ -232,6 +232,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         tmp_path / "cache", timeout=300, ACCELERATE_USE_CPU="1")  # MULTI_CPU with gloo (HF-NOTES §4)  # fmt: skip
     assert_same_weights(weights(tmp_path / "single" / "checkpoint-4"), weights(tmp_path / "parallel" / "checkpoint-4"),
                         atol=1e-6)  # fmt: skip
+    # --config_overrides are part of the recipe that all_results.json and the model card record
+    recipe = json.loads((tmp_path / "single" / "all_results.json").read_text())["recipe"]
+    assert recipe["model_config"] == {**RECIPES["small"].model_config, "dropout": 0.0, "vae_kl_weight": 0.0,
+                                      "vision_config": NO_NOISE["vision_config"]}  # fmt: skip
+    assert recipe["text_config"] == {**RECIPES["small"].text_config, **NO_NOISE["text_config"]}
+    assert "'dropout': 0.0, 'vae_kl_weight': 0.0" in (tmp_path / "single" / "README.md").read_text()
 
 
 def _predict_sharded(rank: int, store: str, version: int) -> None:
