@@ -90,6 +90,10 @@ class M3DConfig(PreTrainedConfig):
             in the relation cross-entropy (Eq. 21; a weighted mean over the chain pairs): most chain pairs of a
             document have no relation, and a weight below 1 gives the few related ones more of the loss. 1.0 is
             the paper's.
+        pair_gradient_scale (`float`, defaults to 1.0): beyond the paper, the share of the coreference and
+            relation losses' gradient that reaches the text features (and through them the encoders); the pair heads
+            themselves learn from the whole of it. 0 trains the encoders on the entity (and grounding) losses alone,
+            1.0 is the paper's.
         loss_weights (`dict[str, float]`): α of Eq. 24 over `ner`, `coref`, `re`, `grounding_type`,
             `grounding_box`; missing keys take the defaults (1.0 each, 5.0 for `grounding_box`).
         ner_loss_normalization (`str`, defaults to `"word"`): how the CRF negative log-likelihood (Eq. 19) is
@@ -147,6 +151,7 @@ class M3DConfig(PreTrainedConfig):
     relation_context: int = 0
     relation_between: bool = False
     relation_none_weight: float | int = 1.0
+    pair_gradient_scale: float | int = 1.0
     loss_weights: dict[str, float | int] | None = None
     ner_loss_normalization: Literal["word", "document"] = "word"
     relation_threshold: float | int = 0.5
@@ -191,7 +196,7 @@ class M3DConfig(PreTrainedConfig):
             raise ValueError(
                 f"M3DConfig: `fusion_heads` ({self.fusion_heads}) must divide `latent_dim` ({self.latent_dim})."
             )
-        for name in ("relation_threshold", "grounding_threshold"):
+        for name in ("relation_threshold", "grounding_threshold", "pair_gradient_scale"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"M3DConfig: `{name}` must be in [0, 1], got {getattr(self, name)}.")
         if self.mmcm_kernel_size % 2 == 0:

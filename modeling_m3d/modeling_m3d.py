@@ -207,6 +207,15 @@ def segment_max(values: torch.Tensor, index: torch.Tensor, num_segments: int) ->
     return maxima[:-1].view(batch, num_segments, dim)
 
 
+def scale_gradient(values: torch.Tensor, scale: float) -> torch.Tensor:
+    """`values` unchanged in the forward pass, their gradient multiplied by `scale` in the backward pass (0: detached;
+    the gradient reversal layer of Ganin & Lempitsky, 2015, with a positive factor)."""
+    if scale == 1:
+        return values
+    frozen = values.detach()
+    return frozen + scale * (values - frozen)
+
+
 def patch_centres(grid: int) -> torch.Tensor:
     """Normalised (x, y) centres of the patches of a `grid` × `grid` patch grid, row-major → (grid², 2)."""
     rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
@@ -1134,14 +1143,15 @@ class M3DModel(M3DPreTrainedModel):
         grounding_logits, boxes = self.grounding_head(frames)
         coref_logits = re_logits = None
         if entity_spans is not None:
-            mentions = self.mention_features(text, entity_spans)
+            pair_text = scale_gradient(text, self.config.pair_gradient_scale)
+            mentions = self.mention_features(pair_text, entity_spans)
             coref_logits = self.coref_head(mentions)
             if entity_chain is not None:
                 num_chains = (
                     chain_mask.shape[1] if chain_mask is not None else max(int(entity_chain.max()) + 1, 1)
                 )
                 re_logits = self.relation_logits(
-                    text, word_mask, entity_spans, mentions, entity_chain, num_chains
+                    pair_text, word_mask, entity_spans, mentions, entity_chain, num_chains
                 )
         loss, losses = self.criterion(
             self.entity_head.crf,

@@ -338,6 +338,7 @@ def test_ablation_flags_remove_their_modules(tokenizer):
         ({"text_config": 3}, "text_config"),
         ({"grounding_pooling": "max"}, "grounding_pooling"),
         ({"relation_none_weight": 0}, "relation_none_weight"),
+        ({"pair_gradient_scale": 1.5}, "pair_gradient_scale"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, match):
@@ -374,6 +375,30 @@ def test_the_relation_loss_weights_no_relation_by_the_config(tokenizer, mixed_ba
     expected = pair_cross_entropy(out.re_logits, mixed_batch["re_labels"], none_weight=0.25)
     torch.testing.assert_close(out.re_loss, expected)
     assert not torch.isclose(out.re_loss, pair_cross_entropy(out.re_logits, mixed_batch["re_labels"]))
+
+
+def test_pair_gradient_scale_scales_what_the_pair_losses_send_to_the_encoder(tokenizer, mixed_batch):
+    """The coreference and relation losses reach the text encoder times `pair_gradient_scale` (0: not at all),
+    while the pair heads learn from the whole of them and the forward pass is unchanged."""
+
+    def pair_gradients(scale: float) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        model, _ = build(tokenizer, pair_gradient_scale=scale)
+        model.eval()  # no dropout: the same computation at every scale
+        out = model(**mixed_batch)
+        (out.coref_loss + out.re_loss).backward()
+        encoder = torch.cat([p.grad.flatten() for p in model.text_model.parameters() if p.grad is not None])
+        heads = {name: p.grad for name, p in model.named_parameters() if name.startswith(("coref_head", "relation_head"))}
+        return encoder, heads, out.re_logits.detach()
+
+    full, full_heads, logits = pair_gradients(1.0)
+    half, half_heads, half_logits = pair_gradients(0.5)
+    none, none_heads, _ = pair_gradients(0.0)
+    assert full.abs().sum() > 0 and not none.abs().sum()
+    torch.testing.assert_close(half, full / 2)
+    assert torch.equal(logits, half_logits)
+    for name, grad in full_heads.items():
+        torch.testing.assert_close(half_heads[name], grad)
+        torch.testing.assert_close(none_heads[name], grad)
 
 
 def test_config_reads_the_legacy_relation_loss_weight():
