@@ -21,11 +21,11 @@ size 1); `--recipe finetune`, the default with `--text_encoder`: the same with t
 summed over each document's words, α = 2 / 10 / 30 for NER / coreference / relations, "no relation" weighted 0.1
 in the relation loss (`relation_none_weight`) and `relation_context=2`;
 or `--recipe small`, the default without one: 2e-3 throughout, a 2-layer, 128-wide text encoder when it is built
-from a config, and three knobs beyond the paper. Flags given explicitly (`--learning_rate`, `--num_train_epochs`,
-...) override the recipe's values, and the --system's fields, then --config_overrides, are merged into its
-`model_config` (dict-valued fields key by key): the recipe recorded is the one trained. The missing-modality thirds
-are cut with
-a fixed seed (written to OUTPUT/modality_manifest.json).
+from a config, and four knobs beyond the paper (among them 0.3 of the pair losses' gradient into the encoder,
+`pair_gradient_scale`). Flags given explicitly (`--learning_rate`, `--num_train_epochs`, ...) override the recipe's
+values, and the --system's fields, then --config_overrides, are merged into its `model_config` (dict-valued fields
+key by key): the recipe recorded is the one trained. The missing-modality thirds are cut with a fixed seed
+(written to OUTPUT/modality_manifest.json).
 """
 
 from __future__ import annotations

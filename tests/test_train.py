@@ -336,6 +336,7 @@ def test_recipes_name_the_papers_settings_and_flags_override_them():
     assert (
         small.encoder_learning_rate == small.learning_rate == 2e-3 and small.text_config["hidden_size"] == 128
     )
+    assert small.model_config["pair_gradient_scale"] == 0.3  # the from-scratch encoder learns entities first
     overridden = small.with_overrides(learning_rate=1e-4, num_train_epochs=None)
     assert overridden.learning_rate == 1e-4 and overridden.num_train_epochs == small.num_train_epochs
     assert overridden.name == "small" and small.learning_rate == 2e-3
