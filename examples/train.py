@@ -680,14 +680,17 @@ def push(args: TrainArguments, output_dir: Path) -> None:
 
 def main() -> None:
     model_args, data_args, args = parse_args()
-    model_args = apply_system(model_args, data_args.lang)
+    try:
+        model_args = apply_system(model_args, data_args.lang)
+        recipe = resolve_recipe(model_args, args)
+    except ValueError as error:  # a bad flag: argparse's usage error (exit status 2), before anything is written
+        build_parser().error(str(error))
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     datasets.utils.logging.set_verbosity_warning()
     datasets.disable_progress_bars()  # bars of a few seconds' work, between the log lines
     transformers.utils.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards" at every saved epoch
     accelerator = build_accelerator(args)
-    recipe = resolve_recipe(model_args, args)
     accelerator.print(f"recipe: {describe_recipe(recipe)}")
     accelerator.init_trackers("m3d", config=flat_config(model_args, data_args, args, recipe))
     output_dir = Path(args.output_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -321,6 +322,27 @@ def test_drop_modality_removes_the_modality_and_its_annotations():
     with pytest.raises(ValueError, match="document 'v'"):
         drop_modality(row, "audio_missing")
     assert MODALITY_MODES == ("full", "text_missing", "video_missing")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--config_overrides", '{"pair_gradient_scale": 2}'], "pair_gradient_scale` must be in \\[0, 1\\]"),
+        (["--config_overrides", '{"no_such_field": 1}'], "no_such_field"),
+        (["--config_overrides", "{not json"], "Expecting property name"),
+        (["--tiny_encoders", "--text_encoder", "folder"], "--tiny_encoders builds the encoders"),
+    ],
+)
+def test_a_bad_flag_is_a_usage_error_before_anything_is_written(flags, message, tmp_path):
+    """What `resolve_recipe` and `apply_system` refuse ends train.py as argparse does (exit status 2, `error:` and
+    the message, no traceback), before the output folder exists."""
+    output_dir = tmp_path / "out"
+    command = [sys.executable, str(TRAIN), "--output_dir", str(output_dir), *flags]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert re.search(f"train.py: error: .*{message}", result.stderr)
+    assert not output_dir.exists()
 
 
 def test_recipes_name_the_papers_settings_and_flags_override_them():
