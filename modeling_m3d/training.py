@@ -97,7 +97,7 @@ RECIPES = {
     # queries with reference points over the patches (Eq. 18); and 0.3 of the pair losses' gradient into the encoder
     # (`pair_gradient_scale`): a from-scratch encoder otherwise learns the pair tasks at the expense of entities (real
     # EN dev data, two seeds × three cuts, 41 held-out documents: entity F1 52.2 -> 53.9, chains and relations
-    # -0.1 and -0.4; `text-crf` 53.8; see README).
+    # -0.1 and -0.3; `text-crf` 53.8; see README).
     "small": Recipe(
         "small",
         encoder_learning_rate=2e-3,
